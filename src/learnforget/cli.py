@@ -1,0 +1,122 @@
+"""`learnforget` command line. Options are generated from the config dataclasses, so each option's
+help text and default live in one place (config.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
+from .errors import UserError
+
+RENAME = {"source": "data"}  # DataSpec.source is `--data`: the name scripts and the issue use
+
+
+def _parse_value(type_str: str):
+    if "list[float]" in type_str:
+        return lambda s: [float(x) for x in s.split(",") if x.strip()]
+    if "list[str]" in type_str:
+        return lambda s: [x.strip() for x in s.split(",") if x.strip()]
+    if "tuple[float, float]" in type_str:
+        return lambda s: tuple(float(x) for x in s.split(","))
+    if type_str.startswith("int"):
+        return int
+    if type_str.startswith("float"):
+        return float
+    return str
+
+
+def _add_dataclass(parser: argparse.ArgumentParser, cls, required: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        name = RENAME.get(f.name, f.name)
+        flag = "--" + name.replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        if f.type == "bool":
+            group.add_argument(flag, dest=f.name, action="store_true", help=help_)
+            continue
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = f.default if f.default is not dataclasses.MISSING else None
+        group.add_argument(flag, dest=f.name, type=_parse_value(str(f.type)), default=default,
+                           required=f.name in required or (not has_default and f.name != "source"),
+                           help=f"{help_} (default: {default})" if has_default else help_)
+
+
+def _pick(args: argparse.Namespace, cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        if value is None and f.default_factory is not dataclasses.MISSING:
+            continue
+        out[f.name] = value
+    return out
+
+
+def train_config(args: argparse.Namespace) -> RunConfig:
+    from .data.sources import regime_of
+
+    data = _pick(args, DataSpec)
+    if args.regime is None:  # embedded names know their regime; files default to CPT
+        data["regime"] = regime_of(args.source) or "cpt"
+    return RunConfig(model=args.model, data=DataSpec(**data), method=MethodConfig(**_pick(args, MethodConfig)),
+                     train=TrainConfig(**_pick(args, TrainConfig)), out=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="learnforget", description="LoRA vs full fine-tuning: what each learns and forgets.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune a model (full or LoRA), saving checkpoints along a token budget",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--model", default="smollm2-135m", help="smollm2-135m | gemma3-270m | tiny-random-llama | folder | hub id")
+    t.add_argument("--out", required=True, help="run folder (re-running with the same options resumes)")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    _add_dataclass(t, DataSpec, required=("source",))
+    _add_dataclass(t, MethodConfig)
+    _add_dataclass(t, TrainConfig)
+    t.set_defaults(regime=None)
+
+    try:
+        from .evaluate import runner
+    except ImportError:  # TEMP while evaluate.runner is being written
+        runner = None
+    if runner is not None:
+        e = sub.add_parser("eval", help="score a model or checkpoint on benchmarks and held-out text")
+        runner.add_arguments(e)
+
+    d = sub.add_parser("demo", help="a short real training + held-out evaluation on the embedded model")
+    d.add_argument("--out", default="runs/demo", help="where the demo writes its runs")
+    d.add_argument("--tokens", type=int, default=16384, help="training tokens per method")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        if args.command == "train":
+            from . import train
+
+            train.run(train_config(args))
+            return 0
+        if args.command == "eval":
+            from .evaluate import runner
+
+            return runner.main(args)
+        if args.command == "demo":
+            from . import demo
+
+            return demo.main(args)
+    except UserError as e:
+        print(f"learnforget: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""From a corpus to fixed-length training sequences: tokenize, mask, pack, split, shuffle.
+
+Both regimes end as a stream of (input_ids, labels) rows of exactly `seq_len` tokens, so the training
+loop has one path and no padding waste:
+  CPT  documents + EOS, concatenated and cut into rows; labels = input_ids (loss on every token).
+  IFT  prompt/response rendered with the model's chat template (a plain template if it has none),
+       concatenated and cut into rows; labels are -100 on prompt tokens (loss on the response only).
+The held-out split is by document id (see sources.heldout), never by row, so held-out loss is
+measured on text the model has never seen. Train order is a seeded shuffle of documents, redone
+each epoch with seed + epoch, so row k of the stream is a pure function of (corpus, seed, k):
+that is what makes resume and multi-process sharding exact.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import torch
+
+from ..config import DataSpec
+from ..errors import UserError
+from . import sources
+
+IGNORE = -100
+PLAIN_TEMPLATE = "Question:\n{prompt}\n\nAnswer:\n"  # used when the tokenizer has no chat template
+EVAL_ONLY = {"gsm8k-test"}  # sets that are never trained on: all of it is held out
+
+
+class Corpus:
+    """A corpus split into train and held-out items, able to stream packed rows."""
+
+    def __init__(self, spec: DataSpec, tokenizer):
+        self.spec, self.tok = spec, tokenizer
+        if tokenizer.eos_token_id is None:
+            raise UserError("tokenizer has no EOS token: cannot separate packed documents")
+        if spec.regime == "cpt":
+            items = sources.load_docs(spec.source, spec.text_field)
+        else:
+            items = sources.load_records(spec.source, spec.prompt_field, spec.response_field)
+        fraction = 1.0 if spec.source in EVAL_ONLY else spec.heldout_fraction
+        self.train = [x for x in items if not sources.heldout(x.id, fraction)]
+        self.heldout = [x for x in items if sources.heldout(x.id, fraction)]
+
+    # -- tokenization ------------------------------------------------------------------------
+    def encode(self, item) -> tuple[list[int], list[int]]:
+        if self.spec.regime == "cpt":
+            ids = self.tok(item.text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            return ids, ids
+        return encode_pair(self.tok, item.prompt, item.response)
+
+    def _rows(self, items) -> Iterator[tuple[list[int], list[int]]]:
+        """Concatenate encoded items and cut into seq_len rows; the last partial row is dropped."""
+        L = self.spec.seq_len
+        buf_ids: list[int] = []
+        buf_lab: list[int] = []
+        for item in items:
+            ids, labels = self.encode(item)
+            buf_ids += ids
+            buf_lab += labels
+            while len(buf_ids) >= L:
+                yield buf_ids[:L], buf_lab[:L]
+                del buf_ids[:L], buf_lab[:L]
+
+    # -- streams ---------------------------------------------------------------------------
+    def train_rows(self, seed: int, start: int = 0) -> Iterator[tuple[list[int], list[int]]]:
+        """Endless stream of training rows from row `start` on; epoch e uses order shuffled by seed + e."""
+        if not self.train:
+            raise UserError(f"{self.spec.source}: no training documents left after the held-out split")
+        k, epoch = 0, 0
+        while True:
+            order = list(self.train)
+            random.Random(seed + epoch).shuffle(order)
+            produced = False
+            for row in self._rows(order):
+                produced = True
+                if k >= start:
+                    yield row
+                k += 1
+            if not produced:
+                raise UserError(f"{self.spec.source}: the whole training split is shorter than one sequence of {self.spec.seq_len} tokens")
+            epoch += 1
+
+    def rows_per_epoch(self) -> int:
+        return sum(1 for _ in self._rows(self.train))
+
+    def heldout_rows(self, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first max_tokens // seq_len held-out rows in a fixed order: same rows for every checkpoint."""
+        n = max(1, max_tokens // self.spec.seq_len)
+        rows = []
+        for row in self._rows(sorted(self.heldout, key=lambda x: x.id)):
+            rows.append(row)
+            if len(rows) == n:
+                break
+        if not rows:
+            raise UserError(f"{self.spec.source}: held-out split has fewer than {self.spec.seq_len} tokens; raise --heldout-fraction")
+        ids = torch.tensor([r[0] for r in rows])
+        labels = torch.tensor([r[1] for r in rows])
+        return ids, labels
+
+
+def encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """Tokens of one prompt/response pair and labels that are IGNORE on the prompt."""
+    if tok.chat_template:
+        user = [{"role": "user", "content": prompt}]
+        p_text = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full_text = tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+        p_ids = tok(p_text, add_special_tokens=False)["input_ids"]
+        full = tok(full_text, add_special_tokens=False)["input_ids"]
+        if full[: len(p_ids)] != p_ids:  # a template that re-tokenizes across the boundary: keep the split exact
+            full = p_ids + tok(full_text[len(p_text):], add_special_tokens=False)["input_ids"]
+        r_ids = full[len(p_ids):]
+        if tok.eos_token_id not in r_ids[-3:]:  # templates end a turn with EOS (+ newline); make sure
+            r_ids = r_ids + [tok.eos_token_id]
+    else:
+        p_ids = tok(PLAIN_TEMPLATE.format(prompt=prompt), add_special_tokens=False)["input_ids"]
+        r_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return p_ids + r_ids, [IGNORE] * len(p_ids) + r_ids
+
+
+def heldout_set(source: str, tokenizer, seq_len: int, max_tokens: int, regime: str | None = None,
+                heldout_fraction: float = 0.05, **fields) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) of held-out rows of a corpus: the target/general-text loss signal."""
+    regime = regime or sources.regime_of(source) or "cpt"
+    corpus = Corpus(DataSpec(source, regime, seq_len, heldout_fraction, **fields), tokenizer)
+    return corpus.heldout_rows(max_tokens)

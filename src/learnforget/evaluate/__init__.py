@@ -1,0 +1,1 @@
+"""Evaluation: benchmark tasks, code execution sandbox, scoring."""

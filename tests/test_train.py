@@ -1,0 +1,156 @@
+"""The training loop on the tiny model: checkpoints load with plain transformers/PEFT, a killed run
+resumes to the same result, 2-process DDP equals 1 process, and bad options fail cleanly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from learnforget import checkpoint, cli, models
+from learnforget.errors import UserError
+from learnforget.train import run
+
+
+def args(corpus, out, *extra):
+    return ["train", "--model", "tiny-random-llama", "--data", str(corpus), "--seq-len", "64",
+            "--batch-tokens", "256", "--micro-batch", "2", "--eval-tokens", "256", "--out", str(out), *extra]
+
+
+def train(argv):
+    return run(cli.train_config(cli.build_parser().parse_args(argv)))
+
+
+def losses(out):
+    return [r["loss"] for r in map(json.loads, Path(out, "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_full_checkpoint_loads_with_plain_transformers(code_corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "full"
+    summary = train(args(code_corpus, out, "--method", "full", "--lr", "1e-3", "--tokens", "1024", "--checkpoints", "512,1024"))
+    cks = checkpoint.complete(out)
+    assert [c.name for c in cks] == ["tokens-000000000512", "tokens-000000001024"]
+    assert summary["parameters"]["trainable"] == summary["parameters"]["total"]
+    reloaded = AutoModelForCausalLM.from_pretrained(cks[-1])
+    base, _ = models.load("tiny-random-llama")
+    x = torch.randint(3, 200, (1, 16))
+    with torch.no_grad():
+        assert not torch.allclose(reloaded(x).logits, base(x).logits)  # it trained
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in metrics if "eval" in m]
+    assert [m["tokens"] for m in evals] == [0, 512, 1024]
+    assert evals[-1]["eval"]["target"]["loss"] < evals[0]["eval"]["target"]["loss"]  # held-out loss falls
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["status"] == "done" and run_json["peak_rss_mb"] > 0 and run_json["versions"]["torch"]
+
+
+def test_lora_checkpoint_loads_with_peft(code_corpus, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "lora"
+    summary = train(args(code_corpus, out, "--method", "lora", "--rank", "4", "--targets", "attention",
+                         "--lr", "1e-2", "--tokens", "512", "--dropout", "0"))
+    assert 0 < summary["parameters"]["trainable"] < summary["parameters"]["total"] / 5
+    ck = checkpoint.complete(out)[-1]
+    cfg = json.loads((ck / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    base, _ = models.load("tiny-random-llama")
+    x = torch.randint(3, 200, (1, 16))
+    with torch.no_grad():
+        before = base(x).logits.clone()
+        tuned = PeftModel.from_pretrained(base, ck)
+        assert not torch.allclose(tuned(x).logits, before)
+
+
+@pytest.mark.parametrize("variant", [["--rslora"], ["--dora"], ["--init", "pissa"], ["--loraplus-ratio", "16"]])
+def test_lora_variants_train(code_corpus, tmp_path, variant):
+    out = tmp_path / "v"
+    summary = train(args(code_corpus, out, "--method", "lora", "--rank", "2", "--lr", "1e-3", "--tokens", "256", *variant))
+    assert summary["status"] == "done" and len(checkpoint.complete(out)) == 1
+
+
+def test_ift_epochs_budget(qa_jsonl, tmp_path):
+    out = tmp_path / "ift"
+    summary = train(args(qa_jsonl, out, "--regime", "ift", "--method", "full", "--lr", "1e-3", "--epochs", "1", "--checkpoints", "0.5,1"))
+    assert len(checkpoint.complete(out)) == 2
+    assert json.loads((checkpoint.complete(out)[0] / "manifest.json").read_text())["epochs"] == 0.5
+
+
+def _cli(argv, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "learnforget.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_kill_and_resume_reaches_the_same_result(code_corpus, tmp_path):
+    common = ["--method", "full", "--lr", "1e-3", "--tokens", "6144", "--checkpoints", "1024,2048,4096", "--eval-tokens", "0"]
+    ref = tmp_path / "ref"
+    assert _cli(args(code_corpus, ref, *common)).wait() == 0
+    killed = tmp_path / "killed"
+    p = _cli(args(code_corpus, killed, *common))
+    first = killed / "checkpoints" / "tokens-000000001024"
+    deadline = time.time() + 120
+    while not checkpoint.is_complete(first) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, "run ended before it could be killed: raise the budget"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (killed / "run.json").read_text().count('"done"')
+    resumed = _cli(args(code_corpus, killed, *common))
+    log = resumed.communicate()[0]
+    assert resumed.returncode == 0, log
+    assert "resuming from tokens-" in log
+    assert losses(killed) == losses(ref)  # every step's loss, bit for bit
+    a = checkpoint.complete(ref)[-1] / "model.safetensors"
+    b = checkpoint.complete(killed)[-1] / "model.safetensors"
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a), load_file(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_two_process_ddp_matches_one_process(code_corpus, tmp_path):
+    common = ["--method", "full", "--lr", "1e-3", "--tokens", "2048", "--eval-tokens", "0"]
+    one = tmp_path / "one"
+    assert _cli(args(code_corpus, one, *common)).wait() == 0
+    two = tmp_path / "two"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "learnforget.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(launcher + args(code_corpus, two, *common), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((two / "run.json").read_text())["processes"] == 2
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "lora", "--targets", "qq_proj", "--tokens", "512"], "module.*qq_proj.*not in this model"),
+    (["--method", "full", "--tokens", "100"], "smaller than one step"),
+    (["--method", "full", "--tokens", "512", "--checkpoints", "1024"], "must lie in"),
+])
+def test_bad_options_fail_before_writing(code_corpus, tmp_path, extra, message):
+    out = tmp_path / "never"
+    with pytest.raises(UserError, match=message):
+        train(args(code_corpus, out, *extra))
+    assert not out.exists()
+
+
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
+    p = _cli(["train", "--model", "tiny-random-llama", "--data", str(tmp_path / "nope.jsonl"), "--tokens", "512", "--out", str(tmp_path / "o")])
+    out = p.communicate()[0]
+    assert p.returncode == 2
+    assert "learnforget: error:" in out and "no such file" in out and "Traceback" not in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_refuses_a_different_run(code_corpus, tmp_path):
+    out = tmp_path / "r"
+    train(args(code_corpus, out, "--method", "full", "--lr", "1e-3", "--tokens", "256"))
+    with pytest.raises(UserError, match="holds a different run"):
+        train(args(code_corpus, out, "--method", "full", "--lr", "2e-3", "--tokens", "256"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
+from pathlib import Path
 
 from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
 from .errors import UserError
@@ -66,13 +66,13 @@ def train_config(args: argparse.Namespace) -> RunConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="learnforget", description="LoRA vs full fine-tuning: what each learns and forgets.")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 is faster when other heavy processes share the cores)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune a model (full or LoRA), saving checkpoints along a token budget",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--model", default="smollm2-135m", help="smollm2-135m | gemma3-270m | tiny-random-llama | folder | hub id")
     t.add_argument("--out", required=True, help="run folder (re-running with the same options resumes)")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     _add_dataclass(t, DataSpec, required=("source",))
     _add_dataclass(t, MethodConfig)
     _add_dataclass(t, TrainConfig)
@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     if runner is not None:
         e = sub.add_parser("eval", help="score a model or checkpoint on benchmarks and held-out text")
         runner.add_arguments(e)
+
+    from .analysis import command as analysis_command
+
+    a = sub.add_parser("analyze", help="spectrum of the weight update and intruder dimensions of checkpoints")
+    analysis_command.add_arguments(a)
+
+    s = sub.add_parser("study", help="run a study YAML: train the grid, evaluate every checkpoint, write the report")
+    s.add_argument("config", help="study YAML (see configs/)")
+    s.add_argument("--out", default="runs/studies", help="where studies live (a study writes <out>/<name>/)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan with estimated FLOPs, time and memory; train nothing")
+
+    r = sub.add_parser("report", help="(re)write the report of a study folder from its results.json")
+    r.add_argument("study_dir")
 
     d = sub.add_parser("demo", help="a short real training + held-out evaluation on the embedded model")
     d.add_argument("--out", default="runs/demo", help="where the demo writes its runs")
@@ -108,6 +121,19 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import runner
 
             return runner.main(args)
+        if args.command == "analyze":
+            from .analysis import command as analysis_command
+
+            return analysis_command.main(args)
+        if args.command == "study":
+            from . import study
+
+            return study.main(args)
+        if args.command == "report":
+            from . import report
+
+            print(report.write(Path(args.study_dir)))
+            return 0
         if args.command == "demo":
             from . import demo
 

@@ -51,6 +51,7 @@ class MethodConfig:
     dora: bool = _help("weight-decomposed LoRA (DoRA); slower", default=False)
     init: str = _help("default (B=0, A Kaiming) | pissa (principal singular vectors; changes the base)", default="default")
     loraplus_ratio: float | None = _help("LoRA+: learning rate of B = ratio * lr (e.g. 16); None = off", default=None)
+    attention_dropout: float = _help("full fine-tuning regularizer baseline: dropout on attention probabilities", default=0.0)
 
     def __post_init__(self):
         if self.method not in ("full", "lora"):
@@ -75,7 +76,7 @@ class MethodConfig:
 
     def label(self) -> str:
         if self.method == "full":
-            return "full"
+            return "full" + (f"-adrop{self.attention_dropout:g}" if self.attention_dropout else "")
         extras = [x for x, on in (("rslora", self.rslora), ("dora", self.dora), ("pissa", self.init == "pissa"), ("lora+", self.loraplus_ratio)) if on]
         return f"lora-r{self.rank}-{self.targets}" + "".join(f"-{x}" for x in extras)
 

@@ -11,6 +11,13 @@ from .errors import UserError
 def apply(model, cfg: MethodConfig):
     """Return the model to train: itself for full fine-tuning, a PeftModel for LoRA."""
     if cfg.method == "full":
+        if cfg.attention_dropout:  # the paper's dropout baseline; Llama-style models have attention dropout only
+            if not hasattr(model.config, "attention_dropout"):
+                raise UserError(f"attention_dropout: {type(model).__name__} has no attention dropout to set")
+            model.config.attention_dropout = cfg.attention_dropout
+            for m in model.modules():
+                if hasattr(m, "attention_dropout"):
+                    m.attention_dropout = cfg.attention_dropout
         for p in model.parameters():
             p.requires_grad_(True)
         return model

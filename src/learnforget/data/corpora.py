@@ -24,7 +24,7 @@ from . import sources
 
 IGNORE = -100
 PLAIN_TEMPLATE = "Question:\n{prompt}\n\nAnswer:\n"  # used when the tokenizer has no chat template
-EVAL_ONLY = {"gsm8k-test"}  # sets that are never trained on: all of it is held out
+EVAL_ONLY = {"gsm8k-test", "general-text"}  # sets that are never trained on: all of it is held out
 
 
 class Corpus:

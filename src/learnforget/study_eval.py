@@ -1,0 +1,163 @@
+"""Study evaluation and gathering: benchmark tasks per checkpoint (cached), and results.json.
+
+Held-out losses (target domain and general text) come from the training runs themselves, which
+score them at every checkpoint and at step 0 (the base model). Benchmark tasks are scored here,
+once per (checkpoint, evaluation spec), cached as JSON under <study>/evals/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import checkpoint
+
+# The paper's per-task metric: acc_norm where lm-eval reports it (length-normalised), else acc.
+PRIMARY_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "arc_easy": "acc", "piqa": "acc_norm",
+                  "winogrande": "acc", "boolq": "acc", "mmlu": "acc", "gsm8k": "exact_match", "humaneval": "pass@1"}
+
+
+def _spec_key(study, tasks: list[str]) -> str:
+    spec = {"tasks": sorted(tasks), "limit": study.eval.limit, "generation_limit": study.eval.generation_limit, "seed": study.eval.seed}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def tasks_for(study, domain: str) -> list[str]:
+    return list(dict.fromkeys(list(study.eval.learning.get(domain, [])) + list(study.eval.forgetting)))
+
+
+def _evaluate(model, tok, study, tasks: list[str]) -> dict:
+    from .evaluate import runner
+
+    return runner.evaluate_tasks(model, tok, tasks, limit=study.eval.limit, generation_limit=study.eval.generation_limit,
+                                 seed=study.eval.seed, batch_size=study.eval.batch_size)
+
+
+def _cached(path: Path, compute) -> dict:
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:  # half-written by a killed study: recompute
+            pass
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
+def evaluate_all(study, root: Path, runs) -> None:
+    """Benchmark tasks for the base model (once per task set) and each run's chosen checkpoints."""
+    from tqdm.auto import tqdm
+
+    from . import models
+    from .analysis.spectrum import load_tuned
+
+    todo = []
+    for domain in sorted({r.experiment.domain for r in runs}):
+        tasks = tasks_for(study, domain)
+        if tasks:
+            todo.append(("base", None, tasks))
+    for r in runs:
+        tasks = tasks_for(study, r.experiment.domain)
+        cks = checkpoint.complete(Path(r.config.out))
+        chosen = cks if study.eval.tasks_at == "all" else cks[-1:]
+        todo += [(r.id, ck, tasks) for ck in chosen if tasks]
+    pending = [t for t in todo if not _eval_path(root, study, *t).exists()]
+    if not pending:
+        return
+    base, tok = models.load(study.model)
+    for rid, ck, tasks in tqdm(pending, desc="[study] evaluating checkpoints", unit="ckpt"):
+        path = _eval_path(root, study, rid, ck, tasks)
+        if ck is None:
+            _cached(path, lambda: _evaluate(base, tok, study, tasks))
+        else:
+            model = load_tuned(base, ck)
+            merged = hasattr(model, "merge_and_unload")
+            if merged:
+                model = model.merge_and_unload()  # same numbers, faster scoring; recorded as adapter_merged
+            _cached(path, lambda: {**_evaluate(model, tok, study, tasks), "_adapter_merged": merged})
+
+
+def _eval_path(root: Path, study, rid: str, ck: Path | None, tasks: list[str]) -> Path:
+    """Cache key: the checkpoint (run id + folder) and the evaluation spec (tasks, limits, seed)."""
+    name = "base" if ck is None else f"{rid}-{ck.name}"
+    return root / "evals" / f"{name}-{_spec_key(study, tasks)}.json"
+
+
+def _heldout_rows(run_dir: Path) -> list[dict]:
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "eval" in row:
+            rows.append(row)
+    return rows
+
+
+def _task_result(name: str, res: dict) -> dict:
+    return {"metric": res["metric"], "value": res["value"], "stderr": res["stderr"], "n": res["n"],
+            "chance": res.get("chance"), "items": res["items"]}
+
+
+def gather(study, root: Path, runs) -> dict:
+    from dataclasses import asdict
+
+    from .study import flops_per_token
+
+    base_tasks: dict = {}
+    for domain in sorted({r.experiment.domain for r in runs}):
+        p = _eval_path(root, study, "base", None, tasks_for(study, domain))
+        if p.exists():
+            base_tasks.update({k: _task_result(k, v) for k, v in json.loads(p.read_text()).items() if not k.startswith("_")})
+    base_heldout: dict = {}
+    out_runs = []
+    for r in runs:
+        run_dir = Path(r.config.out)
+        info = json.loads((run_dir / "run.json").read_text())
+        evals = _heldout_rows(run_dir)
+        step0 = next((e for e in evals if e["step"] == 0), None)
+        if step0:  # the base model's held-out losses, scored by every run at step 0 (identical across runs)
+            for k, v in step0["eval"].items():
+                key = f"{r.experiment.regime}-{r.experiment.domain}" if k == "target" else "general" if k == study.eval.general else k
+                base_heldout.setdefault(key, {"loss": v["loss"], "tokens": v["tokens"]})
+        params = info["parameters"]
+        fpt = flops_per_token(params["total"], params["trainable"], r.config.method.method == "full", 0, 0, 0)
+        cks = []
+        for ck in checkpoint.complete(run_dir):
+            man = checkpoint.manifest(ck)
+            row = next((e for e in evals if e["step"] == man["step"]), {"eval": {}})
+            heldout = {("target" if k == "target" else "general" if k == study.eval.general else k): {"loss": v["loss"], "tokens": v["tokens"]}
+                       for k, v in row["eval"].items()}
+            p = _eval_path(root, study, r.id, ck, tasks_for(study, r.experiment.domain))
+            tasks = {k: _task_result(k, v) for k, v in json.loads(p.read_text()).items() if not k.startswith("_")} if p.exists() else {}
+            cks.append({"tokens": man["tokens"], "budget": man.get("tokens", man.get("epochs")), "flops": fpt * man["tokens"],
+                        "heldout": heldout, "tasks": tasks})
+        m = r.config.method
+        out_runs.append({
+            "id": r.id, "label": m.label() + (f"-wd{r.config.train.weight_decay:g}" if r.config.train.weight_decay else ""),
+            "family": r.family, "regime": r.experiment.regime, "domain": r.experiment.domain, "experiment": r.experiment.name,
+            "lr": r.config.train.lr, "rank": m.rank if m.method == "lora" else None, "targets": m.targets if m.method == "lora" else None,
+            "seed": r.config.train.seed, "trainable_params": params["trainable"], "total_params": params["total"],
+            "peak_rss_mb": info.get("peak_rss_mb"), "tokens_per_s": info.get("tokens_per_s_this_session"), "checkpoints": cks,
+        })
+    note = "Q4 GGUF dequantised to fp32" if study.model in ("smollm2-135m", "gemma3-270m") else ""
+    return {
+        "version": 1,
+        "study": {"name": study.name, "model": study.model, "model_note": note, "created": datetime.now(timezone.utc).isoformat(),
+                  "hardware": f"{platform.machine()} {platform.processor() or ''} {_cpu_count()} CPUs".strip(), "config": asdict(study)},
+        "base": {"tasks": base_tasks, "heldout": base_heldout},
+        "runs": out_runs,
+    }
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))

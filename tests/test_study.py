@@ -1,0 +1,82 @@
+"""The study runner on the tiny model: grid expansion, caching by input hash, results.json, report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from learnforget import cli, study
+from learnforget.errors import UserError
+
+
+def write_study(tmp_path: Path, corpus: Path, **over) -> Path:
+    spec = {
+        "name": "tiny",
+        "model": "tiny-random-llama",
+        "seq_len": 64,
+        "experiments": [{"name": "code-cpt", "regime": "cpt", "domain": "code", "data": str(corpus), "tokens": 512, "checkpoints": [256, 512]}],
+        "methods": [{"method": "full", "lr": [1e-3]}, {"method": "lora", "rank": [2, 4], "targets": "all", "lr": [1e-2]}],
+        "train": {"batch_tokens": 128, "micro_batch": 2},
+        "eval": {"forgetting": [], "learning": {"code": [], "math": []}, "heldout_tokens": 128, "general": str(corpus)},
+    }
+    spec.update(over)
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_grid_expands_and_ids_are_stable(code_corpus, tmp_path):
+    s = study.load(write_study(tmp_path, code_corpus))
+    runs = study.expand(s, tmp_path / "out")
+    assert [r.config.method.label() for r in runs] == ["full", "lora-r2-all", "lora-r4-all"]
+    assert [r.family for r in runs] == ["full", "lora", "lora"]
+    again = study.expand(study.load(write_study(tmp_path, code_corpus)), tmp_path / "out")
+    assert [r.id for r in runs] == [r.id for r in again]
+    # adding one rank adds one run and leaves the others' ids (and so their cache) alone
+    more = study.load(write_study(tmp_path, code_corpus, methods=[{"method": "full", "lr": [1e-3]},
+                                                                   {"method": "lora", "rank": [2, 4, 8], "targets": "all", "lr": [1e-2]}]))
+    ids = [r.id for r in study.expand(more, tmp_path / "out")]
+    assert len(ids) == 4 and set(r.id for r in runs) <= set(ids)
+
+
+def test_bad_study_files(tmp_path, code_corpus):
+    with pytest.raises(UserError, match="no such study file"):
+        study.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: m\nexperiments: []\n")
+    with pytest.raises(UserError, match="missing field 'methods'"):
+        study.load(bad)
+    p = write_study(tmp_path, code_corpus, methods=[{"method": "full"}])
+    with pytest.raises(UserError, match=r"methods\[0\]: missing field 'lr'"):
+        study.load(p)
+    p = write_study(tmp_path, code_corpus, experiments=[{"name": "e", "regime": "cpt", "domain": "code", "data": "x", "tokenz": 5}])
+    with pytest.raises(UserError, match="unknown field.*tokenz"):
+        study.load(p)
+
+
+def test_study_runs_caches_and_reports(code_corpus, tmp_path, capsys):
+    cfg = write_study(tmp_path, code_corpus)
+    out = tmp_path / "studies"
+    assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
+    root = out / "tiny"
+    results = json.loads((root / "results.json").read_text())
+    assert results["version"] == 1 and len(results["runs"]) == 3
+    for run in results["runs"]:
+        assert [c["tokens"] for c in run["checkpoints"]] == [256, 512]
+        assert all(c["heldout"]["target"]["loss"] > 0 and c["heldout"]["general"]["loss"] > 0 for c in run["checkpoints"])
+    assert "cpt-code" in results["base"]["heldout"] and "general" in results["base"]["heldout"]
+    assert (root / "report" / "report.html").exists() and (root / "report" / "report.md").exists()
+    capsys.readouterr()
+    # a second run trains nothing: every run is cached
+    assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert log.count(": cached") == 3 and "training" not in log
+    assert json.loads((root / "results.json").read_text())["runs"] == results["runs"]
+
+
+def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys):
+    assert cli.main(["study", str(write_study(tmp_path, code_corpus)), "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs; estimated training time" in out and "TFLOP" in out
+    assert not (tmp_path / "s").exists()

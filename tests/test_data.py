@@ -108,3 +108,14 @@ def test_named_sets_from_shared_data():
     mbpp = sources.load_records("mbpp-train")
     ids = {int(r.id.split("/")[1]) for r in mbpp}
     assert len(ids) == 464 and min(ids) == 511 and max(ids) == 974  # never the test ids 11-510
+
+
+def test_split_does_not_depend_on_where_the_corpus_lives(tok, code_corpus, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(code_corpus, moved)
+    a = Corpus(DataSpec(str(code_corpus), "cpt", seq_len=32, heldout_fraction=0.1), tok)
+    b = Corpus(DataSpec(str(moved), "cpt", seq_len=32, heldout_fraction=0.1), tok)
+    c = Corpus(DataSpec(str(moved / "*.py"), "cpt", seq_len=32, heldout_fraction=0.1), tok)
+    assert [d.id for d in a.heldout] == [d.id for d in b.heldout] == [d.id for d in c.heldout] != []

@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint, methods, models
 from .config import RunConfig
 from .data import sources
 from .data.corpora import IGNORE, Corpus, heldout_set
 from .errors import UserError
-from .evaluate.perplexity import mean_loss
+from .evaluate.perplexity import mean_loss, token_losses
 
 
 def peak_rss_mb() -> float:
@@ -72,14 +71,6 @@ def _plan(cfg: RunConfig, corpus: Corpus, world: int) -> dict:
                         f"lower --batch-tokens or raise the budget")
     return {"rows_per_step": rows_per_step, "accum": rows_per_step // per_pass, "total_steps": steps_at[-1],
             "checkpoint_steps": sorted(set(steps_at)), "checkpoint_labels": dict(zip(steps_at, t.checkpoints)), "unit": unit}
-
-
-def _step_loss(model, ids: torch.Tensor, labels: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """Summed next-token loss of these rows over the global batch's supervised-token count."""
-    logits = model(input_ids=ids).logits[:, :-1]
-    target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss / n_tokens
 
 
 def _log(path: Path, row: dict) -> None:
@@ -185,7 +176,8 @@ def run(cfg: RunConfig) -> dict:
             part = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
             last = m == plan["accum"] - 1
             with acc.no_sync(model) if not last else contextlib.nullcontext():
-                loss = _step_loss(model, my_ids[part].to(acc.device), my_labels[part].to(acc.device), n_tokens)
+                # summed token loss of these rows over the whole global batch's supervised-token count
+                loss = token_losses(model, my_ids[part].to(acc.device), my_labels[part].to(acc.device))[0] / n_tokens
                 acc.backward(loss * world)  # DDP averages gradients over processes; undo it: we want the global sum
             step_loss += loss.detach()
         grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip else None

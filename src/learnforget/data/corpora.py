@@ -41,6 +41,11 @@ class Corpus:
         fraction = 1.0 if spec.source in EVAL_ONLY else spec.heldout_fraction
         self.train = [x for x in items if not sources.heldout(x.id, fraction)]
         self.heldout = [x for x in items if sources.heldout(x.id, fraction)]
+        if fraction > 0 and not self.heldout and len(self.train) > 1:
+            # a small corpus can hash no document below the fraction: hold out the lowest-hashing one
+            first = min(self.train, key=lambda x: sources.id_hash(x.id))
+            self.train.remove(first)
+            self.heldout.append(first)
 
     # -- tokenization ------------------------------------------------------------------------
     def encode(self, item) -> tuple[list[int], list[int]]:

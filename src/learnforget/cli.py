@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a short real training + held-out evaluation on the embedded model")
     d.add_argument("--out", default="runs/demo", help="where the demo writes its runs")
-    d.add_argument("--tokens", type=int, default=16384, help="training tokens per method")
+    d.add_argument("--tokens", type=int, default=8192, help="training tokens per method (checkpoints at 1/4, 1/2 and all of it)")
     return p
 
 

@@ -80,3 +80,19 @@ def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 runs; estimated training time" in out and "TFLOP" in out
     assert not (tmp_path / "s").exists()
+
+
+def test_study_scores_benchmark_tasks_on_shared_items(code_corpus, tmp_path):
+    cfg = write_study(tmp_path, code_corpus, methods=[{"method": "full", "lr": [1e-3]}],
+                      eval={"forgetting": ["arc_easy", "piqa"], "learning": {"code": []}, "limit": 6, "heldout_tokens": 128,
+                            "general": str(code_corpus), "batch_size": 4})
+    out = tmp_path / "studies"
+    assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
+    results = json.loads((out / "tiny" / "results.json").read_text())
+    base = results["base"]["tasks"]
+    final = results["runs"][0]["checkpoints"][-1]["tasks"]
+    assert set(base) == set(final) == {"arc_easy", "piqa"}
+    for name in base:
+        assert base[name]["n"] == final[name]["n"] == 6 and len(final[name]["items"]) == 6
+        assert base[name]["metric"] in ("acc", "acc_norm")
+    assert results["runs"][0]["checkpoints"][0]["tasks"] == {}  # tasks_at: final

@@ -78,13 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass(t, TrainConfig)
     t.set_defaults(regime=None)
 
-    try:
-        from .evaluate import runner
-    except ImportError:  # TEMP while evaluate.runner is being written
-        runner = None
-    if runner is not None:
-        e = sub.add_parser("eval", help="score a model or checkpoint on benchmarks and held-out text")
-        runner.add_arguments(e)
+    from .evaluate import runner
+
+    e = sub.add_parser("eval", help="score a model or checkpoint on benchmarks and held-out text")
+    runner.add_arguments(e)
 
     from .analysis import command as analysis_command
 

@@ -15,11 +15,6 @@ from pathlib import Path
 
 from . import checkpoint
 
-# The paper's per-task metric: acc_norm where lm-eval reports it (length-normalised), else acc.
-PRIMARY_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "arc_easy": "acc", "piqa": "acc_norm",
-                  "winogrande": "acc", "boolq": "acc", "mmlu": "acc", "gsm8k": "exact_match", "humaneval": "pass@1"}
-
-
 def _spec_key(study, tasks: list[str]) -> str:
     spec = {"tasks": sorted(tasks), "limit": study.eval.limit, "generation_limit": study.eval.generation_limit, "seed": study.eval.seed}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
@@ -32,8 +27,12 @@ def tasks_for(study, domain: str) -> list[str]:
 def _evaluate(model, tok, study, tasks: list[str]) -> dict:
     from .evaluate import runner
 
-    return runner.evaluate_tasks(model, tok, tasks, limit=study.eval.limit, generation_limit=study.eval.generation_limit,
-                                 seed=study.eval.seed, batch_size=study.eval.batch_size)
+    results = runner.evaluate_tasks(model, tok, tasks, limit=study.eval.limit, generation_limit=study.eval.generation_limit,
+                                    seed=study.eval.seed, batch_size=study.eval.batch_size)
+    for r in results.values():
+        if isinstance(r, dict):
+            r.pop("samples", None)  # per-item generations stay out of the study cache; items (0/1) are kept
+    return results
 
 
 def _cached(path: Path, compute) -> dict:
@@ -102,7 +101,8 @@ def _heldout_rows(run_dir: Path) -> list[dict]:
 
 
 def _task_result(name: str, res: dict) -> dict:
-    return {"metric": res["metric"], "value": res["value"], "stderr": res["stderr"], "n": res["n"],
+    # "exact_match,strict-match" -> "exact_match": the report names metrics without lm-eval's filter suffix
+    return {"metric": res["metric"].split(",")[0], "value": res["value"], "stderr": res["stderr"], "n": res["n"],
             "chance": res.get("chance"), "items": res["items"]}
 
 

@@ -185,7 +185,7 @@ def compare_gsm8k(ours: dict, theirs: list[dict]) -> dict:
         if ts != o["strict"] or tf != o["flexible"]:
             differing.append({"doc_id": o["doc_id"], "ours": [o["strict"], o["flexible"]], "lm_eval": [ts, tf],
                               "ours_completion": o["completion"][:400], "lm_eval_completion": completion[:400]})
-    em = {f: sum(float(s[f"exact_match"]) for s in by_filter[f].values()) / n for f in same}
+    em = {f: sum(float(s["exact_match"]) for s in by_filter[f].values()) / n for f in same}
     return {"n": n, "identical_prompts": same_prompt, "identical_completions": same_completion,
             "same_extracted": same, "differing": differing,
             "ours": {"strict-match": ours["exact_match,strict-match"], "flexible-extract": ours["exact_match,flexible-extract"]},

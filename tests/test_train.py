@@ -79,7 +79,7 @@ def test_lora_variants_train(code_corpus, tmp_path, variant):
 def test_ift_epochs_budget(qa_jsonl, tmp_path):
     out = tmp_path / "ift"
     summary = train(args(qa_jsonl, out, "--regime", "ift", "--method", "full", "--lr", "1e-3", "--epochs", "1", "--checkpoints", "0.5,1"))
-    assert len(checkpoint.complete(out)) == 2
+    assert summary["plan"]["unit"] == "epochs" and len(checkpoint.complete(out)) == 2
     assert json.loads((checkpoint.complete(out)[0] / "manifest.json").read_text())["epochs"] == 0.5
 
 

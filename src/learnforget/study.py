@@ -15,12 +15,11 @@ import hashlib
 import itertools
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from . import checkpoint
 from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
 from .errors import UserError
 
@@ -149,7 +148,9 @@ def expand(study: Study, root: Path) -> list[PlannedRun]:
             train_fields = {**study.train, **train_over, "seed": seed, "tokens": exp.tokens, "epochs": exp.epochs,
                             "checkpoints": list(exp.checkpoints), "eval_tokens": study.eval.heldout_tokens,
                             "extra_eval": [study.eval.general] if study.eval.general else []}
-            train = TrainConfig(**{k: v for k, v in train_fields.items() if k != "betas"}, **({"betas": tuple(train_fields["betas"])} if "betas" in train_fields else {}))
+            if "betas" in train_fields:  # YAML gives a list; the config holds a tuple
+                train_fields["betas"] = tuple(train_fields["betas"])
+            train = TrainConfig(**train_fields)
             data = DataSpec(source=exp.data, regime=exp.regime, seq_len=study.seq_len, heldout_fraction=exp.heldout_fraction,
                             text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field)
             cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
@@ -271,7 +272,3 @@ def main(args) -> int:
     html = report.write(root)
     print(f"[study] report: {html}")
     return 0
-
-
-def asdict_study(study: Study) -> dict:
-    return asdict(study)

@@ -245,6 +245,14 @@ def _grid(A, cols: list[str], title: str):
     return fig, axes
 
 
+def _legend_or_empty(ax) -> None:
+    """A legend if the panel has lines, else say plainly that nothing was measured there."""
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="0.5")
+
+
 def _vs_tokens(A, cols: list[str], title: str):
     """One panel per (group, signal): best-lr series per label against tokens, 95% bands, base as a dashed line."""
     col = _colors(A)
@@ -272,10 +280,7 @@ def _vs_tokens(A, cols: list[str], title: str):
                 ax.axhline(base[0], color="0.3", ls="--", lw=1, label="base model")
             ax.set(xlabel="training tokens", ylabel=_ylabel(A, g, sig), title=f"{g}: {TITLE[sig]}", xlim=(0, 1.05 * tmax))
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-            if ax.lines:
-                ax.legend(fontsize=8)
-            else:
-                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            _legend_or_empty(ax)
     fig.tight_layout()
     return fig
 
@@ -356,10 +361,7 @@ def fig_lr(A):
                 if b:
                     ax.plot([b["lr"]], [b["points"][-1]["v"][sig][0]], "o", color=col[lab], ms=7, zorder=5)
             ax.set(xscale="log", xlabel="learning rate", ylabel=_ylabel(A, g, sig), title=f"{g}: {TITLE[sig]}")
-            if ax.lines:
-                ax.legend(fontsize=8)
-            else:
-                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            _legend_or_empty(ax)
     fig.tight_layout()
     return fig
 

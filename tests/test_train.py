@@ -37,6 +37,7 @@ def test_full_checkpoint_loads_with_plain_transformers(code_corpus, tmp_path):
     summary = train(args(code_corpus, out, "--method", "full", "--lr", "1e-3", "--tokens", "1024", "--checkpoints", "512,1024"))
     cks = checkpoint.complete(out)
     assert [c.name for c in cks] == ["tokens-000000000512", "tokens-000000001024"]
+    assert not any((c / "resume").exists() for c in cks)  # a finished run keeps weights, not resume state
     assert summary["parameters"]["trainable"] == summary["parameters"]["total"]
     reloaded = AutoModelForCausalLM.from_pretrained(cks[-1])
     base, _ = models.load("tiny-random-llama")
@@ -102,6 +103,8 @@ def test_kill_and_resume_reaches_the_same_result(code_corpus, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (killed / "run.json").read_text().count('"done"')
+    cks = checkpoint.complete(killed)
+    assert (cks[-1] / "resume").exists() and not any((c / "resume").exists() for c in cks[:-1])  # newest only
     resumed = _cli(args(code_corpus, killed, *common))
     log = resumed.communicate()[0]
     assert resumed.returncode == 0, log

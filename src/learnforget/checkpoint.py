@@ -72,5 +72,20 @@ def clean_partial(run_dir: Path) -> None:
                 shutil.rmtree(p)
 
 
+def drop_resume(path: Path) -> None:
+    """Delete a checkpoint's resume state (optimizer, RNG, a second copy of the weights): only the newest
+    checkpoint of an unfinished run needs it, and it is most of a checkpoint's size. The manifest is
+    rewritten first (atomically), so a kill in between leaves a complete checkpoint with a spare folder."""
+    path = Path(path)
+    if not (path / "resume").exists():
+        return
+    info = manifest(path)
+    info["files"] = {f: size for f, size in info["files"].items() if not f.startswith("resume/")}
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path / MANIFEST)
+    shutil.rmtree(path / "resume")
+
+
 def manifest(path: Path) -> dict:
     return json.loads((Path(path) / MANIFEST).read_text())

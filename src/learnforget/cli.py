@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="study YAML (see configs/)")
     s.add_argument("--out", default="runs/studies", help="where studies live (a study writes <out>/<name>/)")
     s.add_argument("--dry-run", action="store_true", help="print the plan with estimated FLOPs, time and memory; train nothing")
+    s.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: train the runs one after another here; ray: each pending run is a Ray task "
+                        "(resources per run: the study YAML's executor: num_cpus, num_gpus, memory_gb; needs "
+                        "pip install \"learnforget[ray]\"). Every worker writes to --out: on a multi-machine "
+                        "cluster it must be a path shared by all of them. Evaluation runs here, after training")
+    s.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray instance")
 
     r = sub.add_parser("report", help="(re)write the report of a study folder from its results.json")
     r.add_argument("study_dir")

@@ -100,6 +100,7 @@ class TrainConfig:
     eval_tokens: int = _help("held-out tokens scored at each checkpoint (0 = none)", default=16384)
     eval_batch: int = _help("rows per held-out forward pass", default=8)
     extra_eval: list[str] = _help("more held-out sets scored at each checkpoint (e.g. gsm8k-test)", default_factory=list)
+    skip_base_eval: bool = _help("do not score the held-out sets at step 0 (a study scores the base model once, not per run)", default=False)
     log_every: int = _help("steps between metric log lines", default=1)
 
     def __post_init__(self):

@@ -49,7 +49,9 @@ def optimizer(model, method: MethodConfig, train: TrainConfig) -> torch.optim.Op
 
         cls, kw = Lion, {"betas": train.betas}
     else:
-        cls, kw = torch.optim.AdamW, {"betas": train.betas, "eps": 1e-8}
+        # fused: one kernel per step instead of ~10 elementwise passes per tensor; on this 2-core CPU
+        # a SmolLM2-135M full fine-tuning step went from 3.3 s (default for-loop) to 0.8 s of optimizer.
+        cls, kw = torch.optim.AdamW, {"betas": train.betas, "eps": 1e-8, "fused": True}
     if method.method == "lora" and method.loraplus_ratio:
         from peft.optimizers import create_loraplus_optimizer
 

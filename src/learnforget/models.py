@@ -167,6 +167,43 @@ def resolve(spec: str) -> str:
     return spec  # a hub id
 
 
+# Architecture numbers of the models the shipped study configs name, so `study --dry-run` can plan
+# offline: Llama-2-7B's config needs the hub (and a token: the repo is gated), and reading an
+# embedded model's config would otherwise mean converting its GGUF (18-47 s) just for seven numbers.
+ARCHITECTURES = {
+    "meta-llama/Llama-2-7b-hf": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, vocab_size=32000,
+                                     num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
+    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, vocab_size=49152,
+                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
+}
+
+
+def _hub_offline() -> bool:
+    import huggingface_hub.constants
+
+    return huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def architecture(spec: str):
+    """A model's config (layers, widths, vocabulary, heads) without loading its weights: for cost estimates.
+    Embedded and table models come from ARCHITECTURES; others from their config.json (a local folder or
+    the hub), falling back to the table when the hub cannot be reached."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if spec == TINY:
+        return tiny_random_llama()[0].config
+    if spec in ARCHITECTURES and (spec in EMBEDDED or _hub_offline()):
+        return LlamaConfig(**ARCHITECTURES[spec])
+    try:
+        return AutoConfig.from_pretrained(resolve(spec))
+    except (OSError, ValueError) as e:  # offline, gated, unknown id: transformers raises OSError
+        if spec in ARCHITECTURES:
+            print(f"[learnforget] {spec}: hub unreachable ({str(e).splitlines()[0][:120]}); using the built-in architecture table", flush=True)
+            return LlamaConfig(**ARCHITECTURES[spec])
+        raise UserError(f"cannot read the config of model '{spec}' ({str(e).splitlines()[0][:200]}); "
+                        f"a dry run offline knows only {', '.join(sorted(ARCHITECTURES))} and local folders") from None
+
+
 def load(spec: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     """Return (model, tokenizer) for a spec. The tokenizer always has a pad token."""
     if spec == TINY:

@@ -8,7 +8,10 @@ results.json: {"version": 1, "study": {name, model, model_note, created, hardwar
             lr, rank, targets, seed, trainable_params, total_params, peak_rss_mb, tokens_per_s,
             checkpoints: [{tokens, budget, flops, heldout: {target, general: {loss, tokens}},
                            tasks: {task: TaskResult}}]}],
-  "analysis": {spectrum: [...], intruders: [...], diversity: [...]}   (optional)}
+  "analysis": {spectrum: [...], intruders: [...], diversity: [...]}   (optional; written by study_analysis.py)}
+analysis rows: spectrum {run_id, tokens, module_type, layer, rank90, full_rank} per weight matrix; intruders
+{run_id, tokens, k, eps, count[, directions]} per eps; diversity {run_id ("base" for the base model), tokens, task,
+n (samples per problem), distinct, distinct_correct (means over problems), pass_at_k {k: value}[, items]}.
 TaskResult = {metric, value, stderr, n, chance, items: one score per item, in an order shared by
 the base model and every checkpoint}. Runs with the same (regime, domain, label, lr) and different
 seeds are averaged item by item. Learning: HumanEval pass@1 (code) / GSM8K (math) when the base
@@ -366,6 +369,59 @@ def fig_lr(A):
     return fig
 
 
+def _spectrum_series(A) -> list[tuple[dict, int, list[dict]]]:
+    """(best-lr series, its last analysed tokens, its spectrum rows there) for every series with spectrum rows."""
+    rows = (A["res"].get("analysis") or {}).get("spectrum") or []
+    out = []
+    for s in A["best"]:
+        mine = [r for r in rows if r["run_id"] in s["run_ids"]]
+        if mine:
+            last = max(r["tokens"] for r in mine)
+            out.append((s, last, [r for r in mine if r["tokens"] == last]))
+    return out
+
+
+def fig_spectrum(A):
+    """Per experiment: median rank@90% of ΔW over layers per module type (bars; whiskers = min-max over
+    layers), for full fine-tuning and each LoRA, against the LoRA ranks (dashed)."""
+    import matplotlib.pyplot as plt
+
+    col, found = _colors(A), _spectrum_series(A)
+    groups = [g for g in A["groups"] if any(s["group"] == g for s, _, _ in found)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(7.0, 6.5 * len(groups)), 4.2), squeeze=False)
+    fig.suptitle("Rank needed for 90% of the update's energy (rank@90% of ΔW) per module type\n"
+                 "best lr per method, last analysed checkpoint; dashed: LoRA ranks", fontsize=11)
+    for ax, g in zip(axes[0], groups):
+        mine = [(s, last, rows) for s, last, rows in found if s["group"] == g]
+        types = sorted({r["module_type"] for _, _, rows in mine for r in rows}, key=_type_key)
+        width = 0.8 / len(mine)
+        for i, (s, last, rows) in enumerate(mine):
+            xs, med, lo, hi = [], [], [], []
+            for j, t in enumerate(types):
+                v = [r["rank90"] for r in rows if r["module_type"] == t]
+                if v:
+                    xs.append(j - 0.4 + width * (i + 0.5))
+                    med.append(float(np.median(v)))
+                    lo.append(med[-1] - min(v))
+                    hi.append(max(v) - med[-1])
+            ax.bar(xs, med, width, yerr=[lo, hi], color=col[s["label"]], capsize=2, label=f"{s['label']} (lr {s['lr']:g}, {last:,} tokens)")
+        for r in sorted({s["rank"] for s, _, _ in mine if s["rank"]}):
+            ax.axhline(r, color="0.3", ls="--", lw=0.9)
+            ax.text(-0.55, r, f"r={r}", va="bottom", ha="left", fontsize=8, color="0.3")
+        full = {t: max(r["full_rank"] for _, _, rows in mine for r in rows if r["module_type"] == t) for t in types}
+        ax.set_xticks(range(len(types)), [f"{t}\n(of {full[t]})" for t in types])
+        ax.set(yscale="log", ylabel="rank@90% of ΔW (log)", title=f"{g}", xlim=(-0.6, len(types) - 0.4))
+        ax.set_ylim(top=ax.get_ylim()[1] * 3)  # headroom for the legend above the bars
+        ax.legend(fontsize=8, loc="upper right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def _type_key(t: str) -> tuple[int, str]:
+    order = ("q", "k", "v", "o", "gate", "up", "down")  # the paper's order; other architectures' names after
+    return (order.index(t), "") if t in order else (len(order), t)
+
+
 def figures(A) -> dict:
     import matplotlib
 
@@ -376,6 +432,8 @@ def figures(A) -> dict:
     makers = {"learning": lambda: _vs_tokens(A, learn_cols, "Learning vs training tokens (best lr per method; band = 95% bootstrap interval)"),
               "forgetting": lambda: _vs_tokens(A, ["signal", "paper", "general"], "Forgetting vs training tokens (best lr per method)"),
               "tradeoff": lambda: fig_tradeoff(A), "cost": lambda: fig_cost(A), "lr_sensitivity": lambda: fig_lr(A)}
+    if _spectrum_series(A):  # only when results.json has spectrum rows for a best-lr series
+        makers["spectrum"] = lambda: fig_spectrum(A)
     out = {}
     for name, make in makers.items():
         fig = make()
@@ -472,21 +530,51 @@ def _blocks(A) -> list[tuple]:
     return B + _analysis_blocks(A) + _notes(A)
 
 
+def _run_names(A) -> dict:
+    """run id -> "label (lr x[, seed s])", so the analysis tables name runs as the rest of the report does."""
+    runs = A["res"]["runs"]
+    seeds = len({r["seed"] for r in runs}) > 1
+    names = {r["id"]: f"{r['regime']}/{r['domain']} {r['label']} (lr {r['lr']:g}"
+             + (f", seed {r['seed']})" if seeds else ")") for r in runs}
+    return {**names, "base": "base model"}
+
+
 def _analysis_blocks(A) -> list[tuple]:
-    an, B = A["res"].get("analysis") or {}, []
+    an, B, name = A["res"].get("analysis") or {}, [], _run_names(A)
     if an.get("spectrum"):
         agg: dict = {}
         for r in an["spectrum"]:
-            agg.setdefault((r["run_id"], r["tokens"], r["module_type"]), []).append((r["rank90"], r["full_rank"]))
+            agg.setdefault((name.get(r["run_id"], r["run_id"]), r["tokens"], r["module_type"]), []).append((r["rank90"], r["full_rank"]))
+        keys = sorted(agg, key=lambda k: (k[0], k[1], _type_key(k[2])))
         B += [("h2", "Spectrum of the weight updates"),
-              ("table", ["run", "tokens", "module", "median rank@90%", "full rank"],
-               [[k[0], f"{k[1]:,}", k[2], f"{np.median([x[0] for x in v]):.0f}", f"{np.median([x[1] for x in v]):.0f}"] for k, v in sorted(agg.items())])]
+              ("p", "rank@90%: the number of singular directions holding 90% of the update's squared singular values "
+                    "(ΔW = tuned - base; for LoRA ΔW = B·A·scale, so it cannot exceed the LoRA rank). Median over layers."),
+              ("table", ["run", "tokens", "module", "median rank@90%", "full rank", "fraction of full rank"],
+               [[k[0], f"{k[1]:,}", k[2], f"{np.median([x[0] for x in agg[k]]):.0f}", f"{np.median([x[1] for x in agg[k]]):.0f}",
+                 f"{np.median([x[0] / x[1] for x in agg[k]]):.3f}"] for k in keys])]
+        if _spectrum_series(A):
+            B.append(("fig", "spectrum", "Median rank@90% of ΔW over layers per module type (whiskers: min-max over layers), "
+                                         "full fine-tuning and LoRA at their best learning rates; dashed: the LoRA ranks."))
     if an.get("intruders"):
-        B += [("h2", "Intruder dimensions"), ("table", ["run", "tokens", "k", "eps", "count"],
-                                               [[r["run_id"], f"{r['tokens']:,}", r["k"], r["eps"], r["count"]] for r in an["intruders"]])]
+        eps = sorted({float(r["eps"]) for r in an["intruders"]})
+        piv: dict = {}
+        for r in an["intruders"]:
+            key = (name.get(r["run_id"], r["run_id"]), r["tokens"], r["k"], r.get("directions"))
+            piv.setdefault(key, {})[float(r["eps"])] = r["count"]
+        B += [("h2", "Intruder dimensions"),
+              ("p", "Among the top-k singular directions of each tuned weight, the number whose largest |cosine| with any "
+                    "singular direction of the base weight is below eps (arXiv 2410.21228), summed over the weights."),
+              ("table", ["run", "tokens", "k", "directions checked"] + [f"eps {e:g}" for e in eps],
+               [[k[0], f"{k[1]:,}", k[2], "–" if k[3] is None else k[3]] + [piv[k].get(e, "–") for e in eps] for k in sorted(piv)])]
     if an.get("diversity"):
-        B += [("h2", "Diversity of sampled solutions"), ("table", ["run", "tokens", "task", "n", "distinct", "distinct correct", "pass@k"],
-              [[r["run_id"], f"{r['tokens']:,}", r["task"], r["n"], f"{r['distinct']:.2f}", f"{r['distinct_correct']:.2f}",
+        B += [("h2", "Diversity of sampled solutions"),
+              ("p", "Per problem, means over problems: n samples, correct ones, distinct ones and distinct correct ones "
+                    "(HumanEval: distinct after normalising the code's syntax tree; GSM8K: distinct reasoning text), unbiased pass@k."),
+              ("table", ["run", "tokens", "task", "n", "correct", "distinct", "distinct correct [95% CI]", "pass@k"],
+              [[name.get(r["run_id"], r["run_id"]), f"{r['tokens']:,}", r["task"], r["n"],
+                "–" if r.get("correct") is None else f"{r['correct']:.2f}", f"{r['distinct']:.2f}",
+                f"{r['distinct_correct']:.2f}" + (f" [{r['distinct_correct_ci'][0]:.2f}, {r['distinct_correct_ci'][1]:.2f}]"
+                                                  if r.get("distinct_correct_ci") else ""),
                 ", ".join(f"@{k} {v:.2f}" for k, v in r["pass_at_k"].items())] for r in an["diversity"]])]
     return B
 

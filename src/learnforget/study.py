@@ -22,6 +22,8 @@ import yaml
 
 from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .executors import ExecutorSpec
+from .study_analysis import AnalysisSpec
 
 FORGETTING_DEFAULT = ["hellaswag", "winogrande", "arc_challenge"]
 LEARNING_DEFAULT = {"code": ["humaneval"], "math": ["gsm8k"]}
@@ -40,6 +42,7 @@ class Experiment:
     text_field: str = "text"
     prompt_field: str = "prompt"
     response_field: str = "response"
+    tokens_per_epoch: int | None = None  # for an epoch budget: the dataset's size in tokens, used only by --dry-run
 
     def __post_init__(self):
         if self.domain not in ("code", "math"):
@@ -55,12 +58,18 @@ class EvalSpec:
     heldout_tokens: int = 8192
     general: str = "general-text"  # held-out general text: the continuous forgetting signal
     tasks_at: str = "final"  # final | all: which checkpoints get benchmark tasks (held-out loss: all)
+    # all | best_lr: which runs get benchmark tasks. best_lr scores only the learning rate with the lowest
+    # final held-out target loss per method (the report's choice when there is no learning task): a sweep's
+    # other learning rates keep their held-out losses, and the study saves most of its evaluation time.
+    tasks_runs: str = "all"
     seed: int = 1234
     batch_size: int = 16
 
     def __post_init__(self):
         if self.tasks_at not in ("final", "all"):
             raise UserError(f"eval.tasks_at: final or all, got '{self.tasks_at}'")
+        if self.tasks_runs not in ("all", "best_lr"):
+            raise UserError(f"eval.tasks_runs: all or best_lr, got '{self.tasks_runs}'")
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Study:
     eval: EvalSpec = field(default_factory=EvalSpec)
     seeds: list[int] = field(default_factory=lambda: [0])
     seq_len: int = 512
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # resources per run for --executor ray
+    analysis: AnalysisSpec | None = None  # optional: spectrum, intruders, diversity (study_analysis.py)
 
 
 def _build(kind, value: dict, where: str):
@@ -104,6 +115,9 @@ def load(path: str | Path) -> Study:
     raw = dict(raw)
     raw["experiments"] = [_build(Experiment, e, f"{path}: experiments[{i}]") for i, e in enumerate(raw["experiments"])]
     raw["eval"] = _build(EvalSpec, raw.get("eval", {}), f"{path}: eval")
+    raw["executor"] = _build(ExecutorSpec, raw.get("executor", {}), f"{path}: executor")
+    if raw.get("analysis") is not None:
+        raw["analysis"] = _build(AnalysisSpec, raw["analysis"], f"{path}: analysis")
     study = _build(Study, raw, str(path))
     for i, m in enumerate(study.methods):
         if "lr" not in m:
@@ -147,7 +161,8 @@ def expand(study: Study, root: Path) -> list[PlannedRun]:
             method = MethodConfig(**method_fields)
             train_fields = {**study.train, **train_over, "seed": seed, "tokens": exp.tokens, "epochs": exp.epochs,
                             "checkpoints": list(exp.checkpoints), "eval_tokens": study.eval.heldout_tokens,
-                            "extra_eval": [study.eval.general] if study.eval.general else []}
+                            "extra_eval": [study.eval.general] if study.eval.general else [],
+                            "skip_base_eval": True}  # the base model's held-out losses: scored once per experiment
             if "betas" in train_fields:  # YAML gives a list; the config holds a tuple
                 train_fields["betas"] = tuple(train_fields["betas"])
             train = TrainConfig(**train_fields)
@@ -155,7 +170,8 @@ def expand(study: Study, root: Path) -> list[PlannedRun]:
                             text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field)
             cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
             rid = run_id(cfg)
-            cfg.out = str(root / "runs" / f"{exp.name}-{method.label()}-lr{train.lr:g}-s{seed}-{rid}")
+            wd = f"-wd{train.weight_decay:g}" if train.weight_decay else ""  # weight-decay baselines: tell them apart by name
+            cfg.out = str(root / "runs" / f"{exp.name}-{method.label()}{wd}-lr{train.lr:g}-s{seed}-{rid}")
             regularized = method.method == "full" and (train.weight_decay > 0 or method.attention_dropout > 0)
             runs.append(PlannedRun(exp, cfg, "full-regularized" if regularized else method.method, rid))
     return runs
@@ -186,14 +202,9 @@ def measure_matmul_flops(seconds: float = 1.0) -> float:
 
 def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
     """Per run: tokens, FLOPs, time and peak memory estimated for this hardware, without loading data."""
-    from transformers import AutoConfig
-
     from . import models
 
-    if study.model == models.TINY:
-        model_cfg = models.tiny_random_llama()[0].config
-    else:
-        model_cfg = AutoConfig.from_pretrained(models.resolve(study.model))
+    model_cfg = models.architecture(study.model)  # no weights; offline, a built-in table for the configs' models
     L, d, ff, V = model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size
     kv = d * getattr(model_cfg, "num_key_value_heads", model_cfg.num_attention_heads) // model_cfg.num_attention_heads
     shapes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
@@ -204,6 +215,8 @@ def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
         m, t = r.config.method, r.config.train
         n_lora = 0 if m.method == "full" else L * sum(m.rank * (a + b) for name, (a, b) in shapes.items() if name in m.target_modules())
         tokens = t.tokens if t.tokens is not None else None
+        if tokens is None and r.experiment.tokens_per_epoch:  # an epoch budget: tokens only from the YAML's estimate
+            tokens = int(t.epochs * r.experiment.tokens_per_epoch)
         fpt = flops_per_token(n_total, n_lora or n_total, m.method == "full", L, d, study.seq_len)
         flops = fpt * tokens if tokens else None
         # memory: fp32 weights (+ grads + 2 Adam moments for what trains) + logits of one micro-batch
@@ -226,14 +239,20 @@ def execute(study: Study, root: Path, runs: list[PlannedRun]) -> None:
     """Train what is not done, then evaluate every checkpoint (cached), one run after another."""
     from . import train
 
-    t0 = time.time()
+    pending = [r for r in runs if _status(r.config.out) != "done"]
+    est = {r.id: row["est_seconds"] or 0.0 for r, row in zip(pending, dry_run(study, pending))} if pending else {}
+    t0, spent, spent_est = time.time(), 0.0, 0.0
     for i, r in enumerate(runs, 1):
-        state = _status(r.config.out)
-        elapsed = time.time() - t0
-        print(f"[study] run {i}/{len(runs)} {Path(r.config.out).name}: {'cached' if state == 'done' else 'training'}"
-              f" (study elapsed {elapsed / 60:.1f} min)", flush=True)
-        if state != "done":
+        done = r not in pending
+        # ETA: the dry-run estimate of what is left, scaled by how the finished runs compared to theirs
+        left = sum(est[p.id] for p in pending[pending.index(r):]) if not done else 0.0
+        eta = left * (spent / spent_est if spent_est else 1.0)
+        print(f"[study] run {i}/{len(runs)} {Path(r.config.out).name}: {'cached' if done else 'training'}"
+              f" (study elapsed {(time.time() - t0) / 60:.1f} min" + (f", training left ~{eta / 60:.0f} min)" if not done else ")"), flush=True)
+        if not done:
+            tic = time.time()
             train.run(r.config)
+            spent, spent_est = spent + time.time() - tic, spent_est + est[r.id]
     from . import study_eval
 
     study_eval.evaluate_all(study, root, runs)
@@ -241,9 +260,13 @@ def execute(study: Study, root: Path, runs: list[PlannedRun]) -> None:
 
 def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
     """results.json (schema version 1, see report.py) from run folders and cached evaluations."""
-    from . import study_eval
+    from . import study_analysis, study_eval
 
-    return study_eval.gather(study, root, runs)
+    results = study_eval.gather(study, root, runs)
+    analysis = study_analysis.gather(study, root, runs)  # cached spectrum / intruders / diversity rows
+    if analysis:
+        results["analysis"] = analysis
+    return results
 
 
 def main(args) -> int:
@@ -258,11 +281,19 @@ def main(args) -> int:
             mins = f"{row['est_seconds'] / 60:9.1f}" if row["est_seconds"] else f"{'-':>9}"
             print(f"{row['run']:<60} {row['tokens'] or row['epochs']:>9} {tf} {mins} {row['est_peak_gb']:8.1f}")
         total = sum(r["est_seconds"] or 0 for r in rows)
-        print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (evaluation extra)")
+        print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (evaluation extra); "
+              f"{sum(r['flops'] or 0 for r in rows) / 1e15:.3g} PFLOP in all")
         return 0
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.yaml").write_text(Path(args.config).read_text())
+    if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; execute() then finds them done
+        from . import executors
+
+        executors.train_ray(runs, study.executor, getattr(args, "ray_address", None))
     execute(study, root, runs)
+    from . import study_analysis
+
+    study_analysis.run(study, root, runs)  # the optional `analysis:` block (cached like the evaluations)
     results = gather(study, root, runs)
     tmp = root / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,26 +51,31 @@ def _cached(path: Path, compute) -> dict:
 
 
 def evaluate_all(study, root: Path, runs) -> None:
-    """Benchmark tasks for the base model (once per task set) and each run's chosen checkpoints."""
+    """The base model's held-out losses (once per experiment), then benchmark tasks for the base model
+    (once per task set) and each chosen run's chosen checkpoints."""
     from tqdm.auto import tqdm
 
     from . import models
     from .analysis.spectrum import load_tuned
 
+    heldout_todo = [r for r in _first_per_experiment(runs) if r.config.train.eval_tokens and not _heldout_path(root, r).exists()]
     todo = []
     for domain in sorted({r.experiment.domain for r in runs}):
         tasks = tasks_for(study, domain)
         if tasks:
             todo.append(("base", None, tasks))
-    for r in runs:
+    for r in chosen_runs(study, runs):
         tasks = tasks_for(study, r.experiment.domain)
         cks = checkpoint.complete(Path(r.config.out))
         chosen = cks if study.eval.tasks_at == "all" else cks[-1:]
         todo += [(r.id, ck, tasks) for ck in chosen if tasks]
     pending = [t for t in todo if not _eval_path(root, study, *t).exists()]
-    if not pending:
+    if not (pending or heldout_todo):
         return
     base, tok = models.load(study.model)
+    for r in heldout_todo:
+        print(f"[study] base model: held-out losses for {r.experiment.name}", flush=True)
+        _cached(_heldout_path(root, r), lambda: _score_heldout(base, tok, r.config))
     for rid, ck, tasks in tqdm(pending, desc="[study] evaluating checkpoints", unit="ckpt"):
         path = _eval_path(root, study, rid, ck, tasks)
         if ck is None:
@@ -80,6 +86,52 @@ def evaluate_all(study, root: Path, runs) -> None:
             if merged:
                 model = model.merge_and_unload()  # same numbers, faster scoring; recorded as adapter_merged
             _cached(path, lambda: {**_evaluate(model, tok, study, tasks), "_adapter_merged": merged})
+
+
+def _first_per_experiment(runs) -> list:
+    seen: dict[str, object] = {}
+    for r in runs:
+        seen.setdefault(r.experiment.name, r)
+    return list(seen.values())
+
+
+def _heldout_path(root: Path, r) -> Path:
+    """Cache key of the base model's held-out losses: everything that decides the held-out rows."""
+    c = r.config
+    spec = {"model": c.model, "data": asdict(c.data), "eval_tokens": c.train.eval_tokens, "extra_eval": c.train.extra_eval}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return root / "evals" / f"base-heldout-{r.experiment.name}-{key}.json"
+
+
+def _score_heldout(model, tok, cfg) -> dict:
+    from .evaluate.perplexity import mean_loss
+    from .train import heldout_sets
+
+    return {name: mean_loss(model, ids, labels, batch_size=cfg.train.eval_batch)
+            for name, (ids, labels) in heldout_sets(cfg, tok).items()}
+
+
+def _final_target_loss(run_dir: Path) -> float | None:
+    rows = [e for e in _heldout_rows(run_dir) if "target" in e["eval"]]
+    return rows[-1]["eval"]["target"]["loss"] if rows else None
+
+
+def _label(r) -> str:
+    return r.config.method.label() + (f"-wd{r.config.train.weight_decay:g}" if r.config.train.weight_decay else "")
+
+
+def chosen_runs(study, runs) -> list:
+    """The runs that get benchmark tasks: all, or (tasks_runs: best_lr) per (experiment, method) the
+    learning rate whose final held-out target loss, averaged over seeds, is lowest."""
+    if study.eval.tasks_runs == "all":
+        return list(runs)
+    losses: dict[tuple, dict[float, list[float]]] = {}
+    for r in runs:
+        loss = _final_target_loss(Path(r.config.out)) if (Path(r.config.out) / "metrics.jsonl").exists() else None
+        if loss is not None:
+            losses.setdefault((r.experiment.name, _label(r)), {}).setdefault(r.config.train.lr, []).append(loss)
+    best = {k: min(v, key=lambda lr: sum(v[lr]) / len(v[lr])) for k, v in losses.items()}
+    return [r for r in runs if best.get((r.experiment.name, _label(r))) == r.config.train.lr]
 
 
 def _eval_path(root: Path, study, rid: str, ck: Path | None, tasks: list[str]) -> Path:
@@ -107,8 +159,6 @@ def _task_result(name: str, res: dict) -> dict:
 
 
 def gather(study, root: Path, runs) -> dict:
-    from dataclasses import asdict
-
     from .study import flops_per_token
 
     base_tasks: dict = {}
@@ -117,13 +167,19 @@ def gather(study, root: Path, runs) -> dict:
         if p.exists():
             base_tasks.update({k: _task_result(k, v) for k, v in json.loads(p.read_text()).items() if not k.startswith("_")})
     base_heldout: dict = {}
+    for r in _first_per_experiment(runs):
+        p = _heldout_path(root, r)
+        if p.exists():
+            for k, v in json.loads(p.read_text()).items():
+                key = f"{r.experiment.regime}-{r.experiment.domain}" if k == "target" else "general" if k == study.eval.general else k
+                base_heldout.setdefault(key, {"loss": v["loss"], "tokens": v["tokens"]})
     out_runs = []
     for r in runs:
         run_dir = Path(r.config.out)
         info = json.loads((run_dir / "run.json").read_text())
         evals = _heldout_rows(run_dir)
         step0 = next((e for e in evals if e["step"] == 0), None)
-        if step0:  # the base model's held-out losses, scored by every run at step 0 (identical across runs)
+        if step0:  # a run that scored the base model itself at step 0 (skip_base_eval off)
             for k, v in step0["eval"].items():
                 key = f"{r.experiment.regime}-{r.experiment.domain}" if k == "target" else "general" if k == study.eval.general else k
                 base_heldout.setdefault(key, {"loss": v["loss"], "tokens": v["tokens"]})
@@ -141,7 +197,7 @@ def gather(study, root: Path, runs) -> dict:
                         "heldout": heldout, "tasks": tasks})
         m = r.config.method
         out_runs.append({
-            "id": r.id, "label": m.label() + (f"-wd{r.config.train.weight_decay:g}" if r.config.train.weight_decay else ""),
+            "id": r.id, "label": _label(r),
             "family": r.family, "regime": r.experiment.regime, "domain": r.experiment.domain, "experiment": r.experiment.name,
             "lr": r.config.train.lr, "rank": m.rank if m.method == "lora" else None, "targets": m.targets if m.method == "lora" else None,
             "seed": r.config.train.seed, "trainable_params": params["trainable"], "total_params": params["total"],

@@ -114,11 +114,7 @@ def run(cfg: RunConfig) -> dict:
     model, tok = models.load(cfg.model, seed=t.seed)
     corpus = Corpus(cfg.data, tok)
     plan = _plan(cfg, corpus, acc.num_processes)
-    heldout = {}
-    if t.eval_tokens:
-        heldout["target"] = corpus.heldout_rows(t.eval_tokens)
-        for name in t.extra_eval:
-            heldout[name] = heldout_set(name, tok, cfg.data.seq_len, t.eval_tokens, regime=sources.regime_of(name))
+    heldout = heldout_sets(cfg, tok, corpus)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -145,8 +141,11 @@ def run(cfg: RunConfig) -> dict:
     step = 0
     done = checkpoint.complete(out)
     if done:
-        acc.load_state(str(done[-1] / "resume"))
         step = checkpoint.manifest(done[-1])["step"]
+        if (done[-1] / "resume").exists():
+            acc.load_state(str(done[-1] / "resume"))
+        elif step < plan["total_steps"]:
+            raise UserError(f"{done[-1]}: no resume state to continue from (it is kept for the newest checkpoint only)")
         if main:
             print(f"[learnforget] resuming from {done[-1].name} (step {step})", flush=True)
     metrics_path = out / "metrics.jsonl"
@@ -158,8 +157,12 @@ def run(cfg: RunConfig) -> dict:
     # ---- train
     R, world, rank = plan["rows_per_step"], acc.num_processes, acc.process_index
     stream = corpus.train_rows(t.seed, start=step * R)
-    if step == 0 and heldout and main:
+    if step == 0 and heldout and main and not t.skip_base_eval:
         _evaluate(acc.unwrap_model(model), heldout, t.eval_batch, step, 0, 0.0, metrics_path, writer)
+    if step > 0 and heldout and main and not any("eval" in r and r["step"] == step for r in rows):
+        # killed after saving the checkpoint but before scoring it: score it now, from the restored weights
+        man = checkpoint.manifest(done[-1])
+        _evaluate(acc.unwrap_model(model), heldout, t.eval_batch, step, man["tokens"], plan["checkpoint_labels"][step], metrics_path, writer)
     bar = tqdm(total=plan["total_steps"], initial=step, disable=not main, desc=cfg.method.label(), unit="step")
     trained_seconds, seen_tokens_start = 0.0, step * R * cfg.data.seq_len
     model.train()
@@ -204,6 +207,9 @@ def run(cfg: RunConfig) -> dict:
         if step in plan["checkpoint_steps"]:
             label = plan["checkpoint_labels"][step]
             _save_checkpoint(acc, model, tok, cfg, out, step, tokens, label, plan["unit"])
+            if main:  # the resume state of older checkpoints is never read again
+                for older in checkpoint.complete(out)[:-1]:
+                    checkpoint.drop_resume(older)
             if heldout and main:
                 _evaluate(acc.unwrap_model(model), heldout, t.eval_batch, step, tokens, label, metrics_path, writer)
             model.train()
@@ -224,6 +230,8 @@ def run(cfg: RunConfig) -> dict:
         if torch.cuda.is_available():
             summary["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
         _write_json_atomic(out / "run.json", summary)
+        for ck in checkpoint.complete(out):  # done: nothing resumes any more; keep the weights, drop the rest
+            checkpoint.drop_resume(ck)
         if writer:
             writer.close()
         print(f"[learnforget] done: final train loss {summary['final_loss']:.4f}, {summary['tokens_per_s_this_session']:.0f} tokens/s, "
@@ -287,6 +295,18 @@ def _save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, toke
         tok.save_pretrained(str(tmp))
         checkpoint.commit(tmp, {"step": step, "tokens": tokens, unit: label, "method": cfg.method.label(), "base_model": cfg.model})
     acc.wait_for_everyone()
+
+
+def heldout_sets(cfg: RunConfig, tok, corpus: Corpus | None = None) -> dict:
+    """The held-out sets a run scores at each checkpoint: its target split ("target") and each extra_eval source."""
+    t = cfg.train
+    if not t.eval_tokens:
+        return {}
+    corpus = corpus or Corpus(cfg.data, tok)
+    sets = {"target": corpus.heldout_rows(t.eval_tokens)}
+    for name in t.extra_eval:
+        sets[name] = heldout_set(name, tok, cfg.data.seq_len, t.eval_tokens, regime=sources.regime_of(name))
+    return sets
 
 
 def _evaluate(model, heldout: dict, batch: int, step: int, tokens: int, label: float, path: Path, writer) -> None:

@@ -1,4 +1,5 @@
-"""`learnforget analyze`: spectrum of ΔW and intruder dimensions of checkpoints against their base."""
+"""`learnforget analyze`: spectrum of ΔW and intruder dimensions of checkpoints against their base;
+`learnforget analyze diversity`: diversity of sampled solutions of one model (see diversity.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,29 @@ from ..errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="base model spec (smollm2-135m, folder, hub id)")
-    p.add_argument("--checkpoint", required=True, nargs="+", help="checkpoint folder(s): full model or PEFT adapter")
+    # --base/--checkpoint are checked in main, not by argparse: `analyze diversity` does without them.
+    p.add_argument("--base", default=None, help="base model spec (smollm2-135m, folder, hub id); required for the spectrum")
+    p.add_argument("--checkpoint", default=None, nargs="+", help="checkpoint folder(s): full model or PEFT adapter; required for the spectrum")
     p.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     p.add_argument("--fraction", type=float, default=0.9, help="variance fraction for rank@fraction (the paper: 0.9)")
     p.add_argument("--k", type=int, default=10, help="top-k singular vectors checked for intruders")
     p.add_argument("--eps", default="0.5,0.6,0.7,0.8,0.9", help="intruder thresholds (max cosine similarity below eps)")
     p.add_argument("--no-intruders", action="store_true", help="spectrum only")
     p.add_argument("--svd", choices=["svd", "gram"], default="svd", help="exact svdvals, or eigenvalues of the Gram matrix (~2x faster)")
+    from . import diversity
+
+    sub = p.add_subparsers(dest="analysis", required=False, metavar="{diversity}")
+    d = sub.add_parser("diversity", help="sample n solutions per problem; count correct and distinct correct ones, pass@k",
+                       description=diversity.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    diversity.add_arguments(d)
 
 
 def analyze(base, checkpoint: Path, fraction: float = 0.9, k: int = 10, eps=(0.5, 0.6, 0.7, 0.8, 0.9),
             intruders: bool = True, method: str = "svd", base_U: dict | None = None) -> dict:
-    """Spectrum summary (+ per-module rows) and intruder counts of one checkpoint against its base model."""
+    """Spectrum summary (+ per-module rows) and intruder counts of one checkpoint against its base model.
+
+    `base_U` (a dict, possibly empty) caches the base weights' singular vectors across calls: they are
+    most of the intruder cost and the same for every checkpoint of a base model."""
     from . import intruders as intr
     from . import spectrum
 
@@ -37,6 +48,11 @@ def analyze(base, checkpoint: Path, fraction: float = 0.9, k: int = 10, eps=(0.5
            "spectrum_seconds": time.time() - t0}
     if intruders:
         t1 = time.time()
+        if base_U is not None:
+            missing = {n: d for n, d in deltas.items() if n not in base_U}
+            if missing:
+                base_U.update(intr.base_vectors(missing))
+            out["base_vectors_seconds"] = time.time() - t1
         res = intr.intruders(deltas, k=k, eps=eps, base_U=base_U)
         out["intruders"] = {"k": res["k"], "eps": res["eps"], "by_type": res["by_type"], "total": res["total"]}
         out["intruder_seconds"] = time.time() - t1
@@ -46,13 +62,20 @@ def analyze(base, checkpoint: Path, fraction: float = 0.9, k: int = 10, eps=(0.5
 def main(args) -> int:
     from .. import models
 
+    if getattr(args, "analysis", None) == "diversity":
+        from . import diversity
+
+        return diversity.main(args)
+    if not args.base or not args.checkpoint:
+        raise UserError("analyze: --base and --checkpoint are required (or use `analyze diversity`)")
     eps = tuple(float(e) for e in args.eps.split(","))
     base, _ = models.load(args.base)
     results = []
+    base_U: dict = {}  # the base's singular vectors: computed for the first checkpoint, reused after
     for ck in args.checkpoint:
         if not Path(ck).is_dir():
             raise UserError(f"{ck}: checkpoint folder does not exist")
-        r = analyze(base, Path(ck), args.fraction, args.k, eps, not args.no_intruders, args.svd)
+        r = analyze(base, Path(ck), args.fraction, args.k, eps, not args.no_intruders, args.svd, base_U)
         results.append(r)
         print(f"\n{ck}  (spectrum {r['spectrum_seconds']:.1f} s" + (f", intruders {r['intruder_seconds']:.1f} s)" if "intruders" in r else ")"))
         print(f"{'type':>5} {'full rank':>9} {'rank@90% mean':>14} {'fraction':>9} {'base W':>7} {'random':>7}")

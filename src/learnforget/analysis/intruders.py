@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from .spectrum import Delta, type_sort_key, layer_index, module_type, tall
+from .spectrum import Delta, gram, layer_index, module_type, tall, type_sort_key
 
 EPS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -37,17 +37,31 @@ def left_singular_vectors(mats: torch.Tensor) -> torch.Tensor:
 
 
 def top_left_singular_vectors(mats: torch.Tensor, k: int) -> torch.Tensor:
-    """The top-k columns of U (…, m, k) of a matrix or batch, from the eigenvectors of the smaller
-    Gram matrix: 1.3–3× faster than a full SVD here. Squaring costs precision only for small σ, so
-    this is for the top vectors (the tuned W's); the base W's full U comes from a real SVD."""
+    """The top-k columns of U (…, m, k) of a matrix or batch, from the top-k eigenvectors of the
+    smaller Gram matrix. Squaring costs precision only for small σ, so this is for the top vectors
+    (the tuned W's); the base W's full U comes from a real SVD.
+
+    Speed (smollm2-135m, 1 thread): the Gram matrix by syrk (`spectrum.gram`), then only the k
+    wanted eigenvectors by LAPACK's MRRR (scipy `eigh(subset_by_index=..., driver="evr")`): 3× faster
+    than a full eigh, and 3-5× faster than an SVD."""
+    import numpy as np
+    from scipy.linalg import eigh
+
     with torch.no_grad():
         W = mats.float()
         m, n = W.shape[-2:]
         k = min(k, m, n)
-        if m <= n:  # W Wᵀ (m × m): its eigenvectors are U
-            return torch.linalg.eigh(W @ W.mT)[1][..., -k:].flip(-1)
-        _, V = torch.linalg.eigh(W.mT @ W)  # Wᵀ W (n × n): its eigenvectors are V, and U = W V / σ
-        U = W @ V[..., -k:].flip(-1)
+        # W Wᵀ (m × m) if W is wide or square: its eigenvectors are U; else Wᵀ W (n × n): its
+        # eigenvectors are V, and U = W V / σ.
+        G = gram(W, left=m <= n)
+        d = G.shape[-1]
+        flat = G.reshape(-1, d, d).numpy()
+        vecs = np.stack([eigh(g, subset_by_index=[d - k, d - 1], driver="evr", check_finite=False)[1][:, ::-1]
+                         for g in flat])  # descending eigenvalue order
+        top = torch.from_numpy(np.ascontiguousarray(vecs)).reshape(*G.shape[:-2], d, k)
+        if m <= n:
+            return top
+        U = W @ top
         return U / U.norm(dim=-2, keepdim=True).clamp_min(1e-30)  # a zero σ stays a zero column, not NaN
 
 

@@ -6,13 +6,16 @@ fine-tuning's update: ΔW = W_tuned − W_base needs a rank 10–100× the usual
 that statistic for every linear weight of the transformer blocks, for:
   - ΔW itself,
   - the base weight W (the same statistic, for scale),
-  - a Gaussian matrix of ΔW's shape and Frobenius norm (what "no structure at all" looks like).
+  - a Gaussian matrix of ΔW's shape (what "no structure at all" looks like; rank@90% is scale-free).
 
 Speed: singular values are computed on the tall orientation (a wide matrix is transposed; the
 singular values are the same, and LAPACK is ~2× faster tall), batched over same-shape matrices
 (all q_proj of all layers in one call). `method="gram"` takes eigenvalues of the smaller Gram
 matrix instead: another ~2× faster, exact enough for rank@90% (it works on σ² anyway) but singular
-values below ~1e-3·σ_max are noise, so prefer the default for plots of the tail.
+values below ~1e-3·σ_max are noise, so prefer the default for plots of the tail. The Gram matrix
+comes from numpy's `x.T @ x`, which runs BLAS syrk (one triangle): half the flops of a matmul.
+Measured on smollm2-135m, ΔW of all 210 block matrices, 1 thread, machine shared with other jobs:
+svd 13.6 s CPU, gram 5.5 s CPU.
 """
 
 from __future__ import annotations
@@ -192,6 +195,26 @@ def tall(m: torch.Tensor) -> torch.Tensor:
     return (m if m.shape[-2] >= m.shape[-1] else m.mT).contiguous()
 
 
+def gram(mats: torch.Tensor | list[torch.Tensor], left: bool) -> torch.Tensor:
+    """W Wᵀ (`left`) or Wᵀ W of each matrix W: a batch (…, m, n) or a list of same-shape matrices
+    -> (…, d, d) float32.
+
+    numpy's `a @ a.T` / `a.T @ a` (one buffer, transposed) runs BLAS syrk: half the flops of torch's
+    matmul, which has no syrk (measured 2× faster for 1536×576); and no transposed copy is needed."""
+    import numpy as np
+
+    batch_shape = None
+    if isinstance(mats, torch.Tensor):
+        batch_shape = mats.shape[:-2]
+        mats = mats.reshape(-1, *mats.shape[-2:])
+    outs = []
+    for w in mats:
+        a = w.detach().float().numpy()
+        outs.append(a @ a.T if left else a.T @ a)
+    out = torch.from_numpy(np.stack(outs))
+    return out if batch_shape is None else out.reshape(*batch_shape, *out.shape[-2:])
+
+
 def singular_values(mats: list[torch.Tensor], method: str = "svd") -> list[torch.Tensor]:
     """Singular values (descending, float32) of each matrix, batched over matrices of the same shape.
 
@@ -206,11 +229,11 @@ def singular_values(mats: list[torch.Tensor], method: str = "svd") -> list[torch
         groups.setdefault(tuple(m.shape), []).append(i)
     with torch.no_grad():
         for idx in groups.values():
-            batch = tall(torch.stack([mats[i].float() for i in idx]))
             if method == "svd":
-                s = torch.linalg.svdvals(batch)
-            else:
-                s = torch.linalg.eigvalsh(batch.mT @ batch).flip(-1).clamp_min(0).sqrt()
+                s = torch.linalg.svdvals(tall(torch.stack([mats[i].float() for i in idx])))
+            else:  # the smaller Gram matrix, straight from each matrix (no stacked or transposed copies)
+                m, n = mats[idx[0]].shape
+                s = torch.linalg.eigvalsh(gram([mats[i] for i in idx], left=m < n)).flip(-1).clamp_min(0).sqrt()
             for j, i in enumerate(idx):
                 out[i] = s[j]
     return out  # type: ignore[return-value]
@@ -230,16 +253,6 @@ def rank_at(singular_values: torch.Tensor, fraction: float = 0.9) -> int:
     return min(r, energy.numel())
 
 
-def _gaussian_like(deltas: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """Gaussian matrices with each ΔW's shape and Frobenius norm (seeded, so rows are reproducible)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for d in deltas:
-        r = torch.randn(d.shape, generator=g)
-        out.append(r * (d.norm() / r.norm()))
-    return out
-
-
 def spectrum(
     deltas: dict[str, Delta],
     fraction: float = 0.9,
@@ -250,15 +263,22 @@ def spectrum(
     seed: int = 0,
 ) -> list[dict]:
     """One row per module: rank@fraction of ΔW (also as a fraction of full rank), its Frobenius norm,
-    and optionally the same rank for the base W (`base`) and for a Gaussian matrix of ΔW's shape
-    and norm (`random`). Each option adds one SVD per module, so both together triple the cost:
-    switch them off when only ΔW matters (the base W's statistic is the same for every checkpoint).
+    and optionally the same rank for the base W (`base`, one more SVD per module) and for a Gaussian
+    matrix of ΔW's shape (`random`). rank@fraction does not change with scale, so the Gaussian
+    reference depends only on the shape: one seeded draw per distinct shape (5 in a Llama block),
+    whose rank varies by about ±1 between draws. Switch `base` off when only ΔW matters (the base
+    W's statistic is the same for every checkpoint).
     `keep_singular_values` adds ΔW's singular values (a list, descending) for plots."""
     names = list(deltas)
     dws = [deltas[n][1] for n in names]
     s_delta = singular_values(dws, method)
     s_base = singular_values([deltas[n][0] for n in names], method) if base else None
-    s_rand = singular_values(_gaussian_like(dws, seed), method) if random else None
+    s_rand = None
+    if random:
+        shapes = list(dict.fromkeys(tuple(d.shape) for d in dws))
+        g = torch.Generator().manual_seed(seed)
+        by_shape = dict(zip(shapes, singular_values([torch.randn(sh, generator=g) for sh in shapes], method)))
+        s_rand = [by_shape[tuple(d.shape)] for d in dws]
     rows = []
     for i, name in enumerate(names):
         rows_, cols = dws[i].shape

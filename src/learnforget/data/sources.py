@@ -13,7 +13,8 @@ Embedded names work on a fresh machine from what pip installs (no network, no ..
 Named sets that need a local copy (../shared/data or $LEARNFORGET_DATA) or the hub:
   gsm8k-train   IFT   7,473 pairs (gsm8k/train.jsonl, else hub openai/gsm8k)
   mbpp-train    IFT   MBPP task ids 511-974 (validation + train; never the test ids 11-510)
-Anything else: a file (.jsonl / .json / text), a folder, a glob, or a hub dataset id.
+Anything else: a file (.jsonl / .json / text), a folder, a glob, or a hub dataset id (its train split;
+"owner/name/folder" for one folder of it, e.g. bigcode/starcoderdata/python).
 """
 
 from __future__ import annotations
@@ -124,10 +125,13 @@ def _find_local(relative: str) -> Path | None:
 
 
 def _hub(dataset: str, config: str | None, split: str):
+    # "owner/name/folder" loads one folder of a hub dataset (data_dir): bigcode/starcoderdata/python
+    # is StarCoder's Python subset, the paper's code CPT corpus, without the other 85 languages.
+    repo, data_dir = "/".join(dataset.split("/")[:2]), "/".join(dataset.split("/")[2:]) or None
     try:
         import datasets
 
-        return datasets.load_dataset(dataset, config, split=split)
+        return datasets.load_dataset(repo, config, split=split, data_dir=data_dir)
     except Exception as e:  # offline, unknown id, ... : one line, no traceback
         raise UserError(f"cannot load hub dataset '{dataset}' ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 

@@ -39,16 +39,23 @@ def _eos_ids(model, tok) -> set[int]:
     return ids
 
 
-def _next_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def _next_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                 top_p: float = 1.0) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        # Nucleus sampling (as HF's TopPLogitsWarper): keep the most likely tokens until their mass
+        # reaches top_p; a token is dropped when the mass before it already does (the top one never is).
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))  # multinomial renormalises
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 @torch.inference_mode()
 def _generate_batch(model, tok, prompts: list[list[int]], stop: list[str], max_new_tokens: int,
-                    temperature: float, generator: torch.Generator | None) -> list[str]:
+                    temperature: float, generator: torch.Generator | None, top_p: float = 1.0) -> list[str]:
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos = _eos_ids(model, tok)
@@ -68,7 +75,7 @@ def _generate_batch(model, tok, prompts: list[list[int]], stop: list[str], max_n
     last_pos = positions[:, -1]
     logits = out.logits[:, -1]
     for _ in range(max_new_tokens):
-        nxt = _next_tokens(logits, temperature, generator)
+        nxt = _next_tokens(logits, temperature, generator, top_p)
         keep = []
         for r, b in enumerate(active):
             t = int(nxt[r])
@@ -94,12 +101,16 @@ def _generate_batch(model, tok, prompts: list[list[int]], stop: list[str], max_n
 
 
 def generate(model, tok, prompts: list[str], stop: list[str], max_new_tokens: int = 256, batch_size: int = 8,
-             temperature: float = 0.0, seed: int = 0, progress: Callable[[int], None] | None = None) -> list[str]:
+             temperature: float = 0.0, seed: int = 0, progress: Callable[[int], None] | None = None,
+             top_p: float = 1.0) -> list[str]:
     """Completions of `prompts` (in their order), each cut at its first stop string.
 
     temperature 0 is greedy. With temperature > 0, sampling uses a generator seeded with `seed`:
-    reproducible for the same prompts and batch size.
+    reproducible for the same prompts and batch size. top_p < 1 samples from the nucleus (the
+    smallest set of most likely tokens holding top_p of the mass; Codex / lm-eval use 0.95).
     """
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     model.eval()
     encoded = [encode(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
@@ -107,7 +118,7 @@ def generate(model, tok, prompts: list[str], stop: list[str], max_new_tokens: in
     results: list[str] = [""] * len(prompts)
     for i in range(0, len(order), batch_size):
         batch = order[i:i + batch_size]
-        texts = _generate_batch(model, tok, [encoded[j] for j in batch], stop, max_new_tokens, temperature, generator)
+        texts = _generate_batch(model, tok, [encoded[j] for j in batch], stop, max_new_tokens, temperature, generator, top_p)
         for j, t in zip(batch, texts):
             results[j] = t
         if progress:

@@ -1,0 +1,81 @@
+"""The chunked loss (token_losses' default) gives the plain loss's value and gradients on the tiny model:
+full fine-tuning (tied head + embedding both get gradient), LoRA (frozen head), IFT labels, evaluation."""
+
+import pytest
+import torch
+
+from learnforget import methods, models
+from learnforget.config import MethodConfig
+from learnforget.evaluate.perplexity import IGNORE, linear_cross_entropy, mean_loss, token_losses
+
+
+def batch(seed=0, rows=3, length=40, ift=False):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 259, (rows, length), generator=g)
+    labels = ids.clone()
+    if ift:  # prompts of different lengths are not supervised
+        for r in range(rows):
+            labels[r, : 5 + 7 * r] = IGNORE
+    return ids, labels
+
+
+def loss_and_grads(model, ids, labels, chunk):
+    model.zero_grad(set_to_none=True)
+    loss, n = token_losses(model, ids, labels, chunk=chunk)
+    (loss / n).backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+    return float(loss), n, grads
+
+
+def assert_same(model, ids, labels, chunk=7):
+    plain = loss_and_grads(model, ids, labels, None)
+    chunked = loss_and_grads(model, ids, labels, chunk)
+    assert chunked[1] == plain[1]
+    assert chunked[0] == pytest.approx(plain[0], rel=1e-5)
+    assert chunked[2].keys() == plain[2].keys() and plain[2]
+    for k, g in plain[2].items():
+        assert torch.allclose(chunked[2][k], g, rtol=1e-4, atol=1e-5), k
+    return plain[2]
+
+
+@pytest.mark.parametrize("ift", [False, True])
+def test_chunked_loss_matches_plain_full(ift):
+    model, _ = models.load("tiny-random-llama")
+    model.train()
+    grads = assert_same(model, *batch(ift=ift))
+    assert grads["model.embed_tokens.weight"].abs().sum() > 0  # the tied head/embedding gets both gradients
+
+
+def test_chunked_loss_matches_plain_lora():
+    model, _ = models.load("tiny-random-llama")
+    model = methods.apply(model, MethodConfig(method="lora", rank=4, targets="all", dropout=0.0))
+    with torch.no_grad():  # B = 0 at init: give the adapters a non-zero update so every gradient path is live
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    model.train()
+    grads = assert_same(model, *batch(ift=True))
+    assert all("lora_" in k for k in grads)
+
+
+def test_linear_cross_entropy_matches_cross_entropy_on_ragged_chunks():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(23, 16, generator=g, requires_grad=True)
+    w = torch.randn(50, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 50, (23,), generator=g)
+    ref = torch.nn.functional.cross_entropy(h @ w.T, t, reduction="sum")
+    ref_h, ref_w = torch.autograd.grad(2.5 * ref, (h, w))
+    out = linear_cross_entropy(h, w, t, chunk=5)
+    got_h, got_w = torch.autograd.grad(2.5 * out, (h, w))
+    assert float(out) == pytest.approx(float(ref), rel=1e-6)
+    assert torch.allclose(got_h, ref_h, atol=1e-6) and torch.allclose(got_w, ref_w, atol=1e-6)
+
+
+def test_mean_loss_is_unchanged():
+    model, _ = models.load("tiny-random-llama")
+    ids, labels = batch(rows=5, ift=True)
+    chunked = mean_loss(model, ids, labels, batch_size=2)
+    with torch.inference_mode():
+        total = sum(float(token_losses(model, ids[i:i + 2], labels[i:i + 2], chunk=None)[0]) for i in range(0, 5, 2))
+    assert chunked["tokens"] == int((labels[:, 1:] != IGNORE).sum())
+    assert chunked["loss"] == pytest.approx(total / chunked["tokens"], rel=1e-5)

@@ -157,3 +157,19 @@ def test_resume_refuses_a_different_run(code_corpus, tmp_path):
     train(args(code_corpus, out, "--method", "full", "--lr", "1e-3", "--tokens", "256"))
     with pytest.raises(UserError, match="holds a different run"):
         train(args(code_corpus, out, "--method", "full", "--lr", "2e-3", "--tokens", "256"))
+
+
+def test_a_batch_of_prompts_only_is_skipped_not_nan(tmp_path):
+    # prompts far longer than a row: some rows (= global batches here) have no supervised token
+    p = tmp_path / "long.jsonl"
+    p.write_text("".join(json.dumps({"prompt": "tell me " * 40 + str(i), "response": f"ok {i}"}) + "\n" for i in range(30)))
+    out = tmp_path / "ift"
+    summary = train(["train", "--model", "tiny-random-llama", "--data", str(p), "--regime", "ift", "--seq-len", "64",
+                     "--batch-tokens", "64", "--micro-batch", "1", "--eval-tokens", "128", "--method", "full", "--lr", "1e-3",
+                     "--tokens", "1024", "--out", str(out)])
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "supervised_tokens" in r]
+    assert any(r["supervised_tokens"] == 0 and r["loss"] is None for r in steps)  # the case happened, and was skipped
+    assert all(r["loss"] == r["loss"] for r in steps if r["loss"] is not None)  # no NaN anywhere
+    assert all(v["loss"] == v["loss"] for r in rows if "eval" in r for v in r["eval"].values())
+    assert summary["final_loss"] is not None and summary["final_loss"] == summary["final_loss"]

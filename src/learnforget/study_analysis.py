@@ -43,6 +43,7 @@ class DiversitySpec:
     max_new_tokens: int | None = None  # default: 512 humaneval, 256 gsm8k
     batch_size: int = 8  # part of the cache key: sampled tokens depend on how sequences are batched
     runs: str = "best_lr"  # best_lr: per experiment, the full and LoRA runs the report compares | all
+    methods: list[str] | None = None  # only these method labels (e.g. [full, lora-r16-all]): sampling is costly
     base: bool = True  # also the base model (the reference the collapse is measured against)
 
     def __post_init__(self):
@@ -55,6 +56,8 @@ class DiversitySpec:
             if task is not None:
                 div.validate(task, self.problems, self.samples, self.temperature, self.top_p, self.batch_size,
                              self.max_new_tokens, where=where)
+        if self.methods is not None and not (isinstance(self.methods, list) and all(isinstance(m, str) for m in self.methods)):
+            raise UserError(f"{where}methods: a list of method labels (e.g. [full, lora-r16-all]), got {self.methods!r}")
         if self.runs not in ("best_lr", "all"):
             raise UserError(f"{where}runs: best_lr or all, got {self.runs!r}")
         if not isinstance(self.base, bool):
@@ -118,7 +121,7 @@ def _intruders_path(root: Path, an: AnalysisSpec, rid: str, ck: Path) -> Path:
 
 
 def _diversity_path(root: Path, d: DiversitySpec, task: str, rid: str, ck: Path | None) -> Path:
-    spec = {"task": task, **{k: v for k, v in asdict(d).items() if k not in ("task", "runs", "base")}}
+    spec = {"task": task, **{k: v for k, v in asdict(d).items() if k not in ("task", "runs", "base", "methods")}}
     name = "base" if ck is None else f"{rid}-{ck.name}"
     return root / "analysis" / f"diversity-{name}-{_key(spec)}.json"
 
@@ -160,7 +163,7 @@ def _diversity_runs(study, root: Path, runs) -> list:
     learning rate the report picks (best final learning metric; without one, lowest held-out target loss)."""
     d = study.analysis.diversity
     if d.runs == "all":
-        return list(runs)
+        return [r for r in runs if d.methods is None or r.config.method.label() in d.methods]
     from . import report, study_eval
 
     try:
@@ -168,7 +171,8 @@ def _diversity_runs(study, root: Path, runs) -> list:
     except UserError as e:  # e.g. a run without checkpoints: fall back to every run, and say so
         print(f"[study] analysis: cannot pick the best learning rates ({e}); sampling every run", flush=True)
         return list(runs)
-    keep = {rid for s in best if s["family"] in ("full", "lora") for rid in s["run_ids"]}
+    keep = {rid for s in best if s["family"] in ("full", "lora") and (d.methods is None or s["label"] in d.methods)
+            for rid in s["run_ids"]}
     return [r for r in runs if r.id in keep]
 
 

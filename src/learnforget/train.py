@@ -175,7 +175,10 @@ def run(cfg: RunConfig) -> dict:
         mine = slice(rank * R // world, (rank + 1) * R // world)  # this process's rows of the global batch
         my_ids, my_labels = ids[mine], labels[mine]
         step_loss = torch.zeros((), device=acc.device)
-        for m in range(plan["accum"]):
+        grad_norm = None
+        # A global batch with no supervised token (IFT rows that are all prompt) has nothing to learn:
+        # it is skipped whole (every process sees the same count), not divided by zero into NaN weights.
+        for m in range(plan["accum"] if n_tokens else 0):
             part = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
             last = m == plan["accum"] - 1
             with acc.no_sync(model) if not last else contextlib.nullcontext():
@@ -183,19 +186,20 @@ def run(cfg: RunConfig) -> dict:
                 loss = token_losses(model, my_ids[part].to(acc.device), my_labels[part].to(acc.device))[0] / n_tokens
                 acc.backward(loss * world)  # DDP averages gradients over processes; undo it: we want the global sum
             step_loss += loss.detach()
-        grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip else None
-        opt.step()
-        sched.step()
+        if n_tokens:
+            grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip else None
+            opt.step()
+        sched.step()  # the schedule counts steps, skipped or not, so a resumed run lines up
         opt.zero_grad(set_to_none=True)
         step += 1
-        step_loss = float(acc.reduce(step_loss, reduction="sum"))
+        step_loss = float(acc.reduce(step_loss, reduction="sum")) if n_tokens else None
         dt = time.time() - tic
         trained_seconds += dt
         tokens = step * R * cfg.data.seq_len
         tps = (tokens - seen_tokens_start) / max(trained_seconds, 1e-9)
         if main:
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
+            bar.set_postfix(loss=f"{step_loss:.4f}" if step_loss is not None else "skipped", tok_s=f"{tps:.0f}")
             if step % t.log_every == 0 or step == plan["total_steps"]:
                 row = {"step": step, "tokens": tokens, "loss": step_loss, "lr": sched.get_last_lr()[0],
                        "grad_norm": float(grad_norm) if grad_norm is not None else None, "tokens_per_s": tps,
@@ -203,7 +207,8 @@ def run(cfg: RunConfig) -> dict:
                 _log(metrics_path, row)
                 if writer:
                     for k in ("loss", "lr", "tokens_per_s"):
-                        writer.add_scalar(f"train/{k}", row[k], tokens)
+                        if row[k] is not None:
+                            writer.add_scalar(f"train/{k}", row[k], tokens)
         if step in plan["checkpoint_steps"]:
             label = plan["checkpoint_labels"][step]
             _save_checkpoint(acc, model, tok, cfg, out, step, tokens, label, plan["unit"])
@@ -220,7 +225,7 @@ def run(cfg: RunConfig) -> dict:
     summary = {}
     if main:
         wall = time.time() - t0
-        final = [r for r in _read_metrics(metrics_path, step) if "loss" in r]
+        final = [r for r in _read_metrics(metrics_path, step) if r.get("loss") is not None]
         summary = {"status": "done", "config": resolved, "versions": versions(), "seed": t.seed, "parameters": counts,
                    "plan": {k: v for k, v in plan.items() if k != "checkpoint_labels"}, "precision": precision,
                    "processes": world, "wall_seconds": wall, "train_seconds_this_session": trained_seconds,

@@ -193,3 +193,30 @@ def test_study_without_analysis_has_no_analysis_key(code_corpus, tmp_path):
     assert s.analysis.diversity.task_for("code") == "humaneval" and s.analysis.diversity.task_for("math") == "gsm8k"
     with pytest.raises(UserError, match="analysis.svd"):
         study.load(write_study(tmp_path, code_corpus, analysis={"svd": "qr"}))
+
+
+def test_analysis_skips_a_diverged_run(code_corpus, tmp_path, capsys):
+    """A run whose weights went NaN has no spectrum: the stage says so and the study still reports."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from learnforget import checkpoint, cli
+    from test_study import write_study
+
+    cfg = write_study(tmp_path, code_corpus, methods=[{"method": "full", "lr": [1e-3]}], analysis={"spectrum": True})
+    out = tmp_path / "studies"
+    assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
+    root = out / "tiny"
+    ck = checkpoint.complete(next((root / "runs").iterdir()))[-1]
+    w = load_file(ck / "model.safetensors")
+    name = next(k for k in w if "q_proj" in k)
+    w[name] = torch.full_like(w[name], float("nan"))
+    save_file(w, ck / "model.safetensors", metadata={"format": "pt"})
+    for p in (root / "analysis").glob("spectrum-*"):
+        p.unlink()
+    capsys.readouterr()
+    assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
+    assert "the run diverged" in capsys.readouterr().out
+    assert json.loads((root / "results.json").read_text()).get("analysis", {}).get("spectrum") in (None, [])

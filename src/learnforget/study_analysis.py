@@ -205,6 +205,8 @@ def run(study, root: Path, runs) -> None:
 
     import time
 
+    import torch
+
     from . import models
     from .analysis import spectrum
     from .study_eval import _cached
@@ -216,6 +218,11 @@ def run(study, root: Path, runs) -> None:
         tuned = spectrum.load_tuned(base, ck)
         deltas = spectrum.weight_deltas(base, tuned)
         tokens = _tokens(ck)
+        bad = [n for n, (_, d) in deltas.items() if not bool(torch.isfinite(d).all())]
+        if bad:  # a diverged run: no spectrum exists; say so and go on with the others (nothing is cached)
+            print(f"[study] analysis: skipping {Path(r.config.out).name}/{ck.name}: its update has NaN/inf in "
+                  f"{len(bad)} matrices (e.g. {bad[0]}); the run diverged", flush=True)
+            continue
         if an.spectrum:
             _cached(_spectrum_path(root, an, r.id, ck), lambda: {"rows": _spectrum_rows(deltas, r.id, tokens, an.svd)})
         if an.intruders:

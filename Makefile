@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-slow bench
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
+
+# Real-model checks (SmolLM2-135M kill/resume, bit for bit): minutes, so not part of `make test`
+test-slow: setup
+	$(BIN)/pytest -q -m slow
 
 bench: setup
 	$(BIN)/pip install -q -e ".[dev,peers]"

@@ -8,8 +8,9 @@
              LoRA r16 on all linear layers (alpha 32, dropout 0.05), AdamW (0.9, 0.95), grad clip 1,
              cosine schedule, the same packed python-code rows (Corpus, seed 0), `--rows` rows of
              `--seq-len` tokens per optimizer step, `--steps` timed steps after one warm-up step.
-             Ours is `learnforget.train.run(RunConfig)` itself (eval off: eval_tokens 0); its per-step
-             times come from its metrics.jsonl (cumulative tokens/s), so this measures the product.
+             Ours is `learnforget.train.run(RunConfig)` itself (eval off: eval_tokens 0) with the product's
+             defaults (micro-batch 1: the rows of a step accumulate, same math); its per-step times come
+             from its metrics.jsonl (cumulative tokens/s), so this measures the product.
              Trainer: per_device_train_batch_size = rows, no accumulation, save_strategy "no", its
              default optimizer (adamw_torch_fused); a callback stamps each step's end.
              Each of the four configurations runs in its own subprocess, as does a baseline that only
@@ -97,8 +98,8 @@ def worker_ours(spec: dict) -> dict:
     out = Path(tempfile.mkdtemp(prefix="lf-speed-"))
     cfg = RunConfig(model=spec["model"], data=DataSpec(spec["data"], "cpt", L), method=method,
                     train=TrainConfig(lr=LR[spec["method"]], tokens=budget, checkpoints=[budget], batch_tokens=R * L,
-                                      micro_batch=spec["micro_batch"] or R, eval_tokens=0, betas=(0.9, 0.95), warmup=0.1,
-                                      grad_clip=1.0, optimizer="adamw", seed=0, log_every=1),
+                                      eval_tokens=0, betas=(0.9, 0.95), warmup=0.1, grad_clip=1.0, optimizer="adamw", seed=0,
+                                      log_every=1, **({"micro_batch": spec["micro_batch"]} if spec["micro_batch"] else {})),
                     out=str(out / "run"))
     # CPU time at each step's end: a thread watching metrics.jsonl, which run() appends to after every step.
     metrics, cpu_at, stop = out / "run" / "metrics.jsonl", [], threading.Event()
@@ -418,7 +419,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="timed training steps after 1 warm-up step (default 3; 1 with --quick)")
     p.add_argument("--rows", type=int, default=None, help="rows per optimizer step (default 4)")
     p.add_argument("--seq-len", type=int, default=None, help="default 512 (64 with --quick)")
-    p.add_argument("--micro-batch", type=int, default=None, help="ours: rows per forward pass (default: all rows of the step)")
+    p.add_argument("--micro-batch", type=int, default=None, help="ours: rows per forward pass (default: TrainConfig's); "
+                   "Trainer always takes all rows of a step in one pass (per_device_train_batch_size = rows)")
     p.add_argument("--gen-prompts", type=int, default=None, help="GSM8K prompts (default 16)")
     p.add_argument("--gen-batch", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 256, GSM8K's")

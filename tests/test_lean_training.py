@@ -1,6 +1,6 @@
 """What makes training faster and leaner changes no number: the chunked loss (token_losses' default) gives the
 plain loss's value and gradients on the tiny model (full fine-tuning with a tied head, LoRA with a frozen
-head, IFT labels, evaluation), and LoRA's MaskDropout is torch's dropout bit for bit."""
+head, IFT labels, evaluation), and LoRA's MaskDropout drops at rate p and rescales like torch's dropout."""
 
 import pytest
 import torch
@@ -83,19 +83,27 @@ def test_mean_loss_is_unchanged():
     assert chunked["loss"] == pytest.approx(total / chunked["tokens"], rel=1e-5)
 
 
-def test_mask_dropout_is_torch_dropout_bit_for_bit():
-    x = torch.randn(64, 33, requires_grad=True)
-    g = torch.randn(64, 33)
-    results = []
-    for module in (torch.nn.Dropout(0.05), MaskDropout(0.05)):
-        torch.manual_seed(3)
-        x.grad = None
-        y = module.train()(x)
-        y.backward(g)
-        results.append((y.detach(), x.grad.clone(), torch.rand(3)))  # the last: same RNG state after
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
-    assert torch.equal(MaskDropout(0.05).eval()(x), x)
+def test_mask_dropout_drops_at_rate_p_and_rescales():
+    p = 0.05
+    q = round(p * 2**15) / 2**15
+    x = torch.randn(301, 7, requires_grad=True)  # odd element count: the mask's last half-word is cut
+    g = torch.randn(301, 7)
+    torch.manual_seed(3)
+    y = MaskDropout(p).train()(x)
+    y.backward(g)
+    keep = y.detach() != 0
+    assert torch.allclose(y[keep], x[keep] / (1 - q)) and torch.allclose(x.grad, g * keep / (1 - q))
+    torch.manual_seed(3)
+    assert torch.equal(MaskDropout(p).train()(x), y)  # same seed, same mask
+    assert torch.equal(MaskDropout(p).eval()(x), x)
+    # the drop rate is q, on both halves of the mask (low and high bits of the draws), within 5 sigma
+    n = 4_000_000
+    keep, q2 = methods.keep_mask(torch.Size([n]), p)
+    assert q2 == q and abs(q - p) < 2**-16
+    sigma = (q * (1 - q) / (n // 2)) ** 0.5
+    for part in (keep[: n // 2], keep[n // 2:]):
+        assert abs((1 - part.float().mean().item()) - q) < 5 * sigma
+    assert methods.keep_mask(torch.Size([10]), 0.5)[0].dtype == torch.bool
 
 
 def test_lora_uses_mask_dropout():

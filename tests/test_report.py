@@ -144,6 +144,13 @@ def test_regularized_lr_spectrum_and_diversity_claims():
     assert {r["verdict"] for r in f if r["claim"] == "e"} <= {"reproduced", "not reproduced", "not significant"}
     spec = [r for r in f if r["claim"] == "f"][0]
     assert spec["estimate"] == pytest.approx(303.5 / 16) and spec["verdict"] == "reproduced"
+    # one row per LoRA rank: a rank near the matrix width cannot be exceeded 10x, and the row says so
+    res256 = copy.deepcopy(res)
+    res256["runs"] += [dict(copy.deepcopy(r), id=r["id"] + "-256", label="lora-r256", rank=256)
+                       for r in res["runs"] if r["family"] == "lora"]
+    spec = [r for r in report.findings(res256) if r["claim"] == "f"]
+    assert [(r["comparison"].split()[-1], r["verdict"]) for r in spec] == [("16", "reproduced"), ("256", "not reproduced")]
+    assert spec[1]["estimate"] == pytest.approx(303.5 / 256) and "at most 2.2x is possible" in spec[1]["numbers"]
     assert [r["verdict"] for r in f if r["claim"] == "g"] == ["reproduced"]
     for row in analysis["diversity"]:  # per-problem scores: a paired bootstrap over problems
         row["items"] = [row["distinct_correct"]] * 10

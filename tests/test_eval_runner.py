@@ -117,3 +117,6 @@ def test_humaneval_wiring(tmp_path):
     model, tok = models.load("tiny-random-llama")
     r = runner.evaluate_tasks(model, tok, ["humaneval"], limit=2, show_progress=False)["humaneval"]
     assert r["n"] == 2 and r["pass@1,none"] == 0.0 and len(r["samples"]) == 2  # a random model passes nothing
+    assert r["mode"] == "instruct"  # the tiny tokenizer has a chat template
+    plain = runner.evaluate_tasks(model, tok, ["humaneval:plain"], limit=2, show_progress=False)["humaneval:plain"]
+    assert plain["mode"] == "plain" and plain["ids"] == r["ids"]  # the same seeded problems

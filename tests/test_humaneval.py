@@ -127,3 +127,28 @@ def test_pass_at_k_large_n_is_stable():
     assert pass_at_k(1000, 10, 100) == pytest.approx(1 - math.comb(990, 100) / math.comb(1000, 100))
     with pytest.raises(ValueError):
         pass_at_k(5, 6, 1)
+
+
+def test_instruct_mode_is_lm_evals_humaneval_instruct(problems):
+    """Chat models get lm-eval's humaneval_instruct: the problem in a user turn, the assistant turn pre-filled
+    with the prompt in a code block; the body ends at the closing fence. A model answering with the canonical
+    body, the fence and prose passes; plain mode keeps the bare prompt and the five stop sequences."""
+    from learnforget import models
+    from learnforget.evaluate import humaneval
+
+    _, tok = models.load("tiny-random-llama")  # has a chat template
+    p = problems[2]
+    assert humaneval.default_mode(tok) == "instruct" and humaneval.default_mode(None) == "plain"
+    text = humaneval.prompt(p, "instruct", tok)
+    user = tok.apply_chat_template([{"role": "user", "content": humaneval.INSTRUCT_USER.format(prompt=p["prompt"])}],
+                                   tokenize=False, add_generation_prompt=True)
+    assert text == user + "Here is the completed function:\n```python\n" + p["prompt"] + "\n"
+    assert "Write a solution to the following problem and make sure that it passes the tests:\n```python\n" in text
+    stops = humaneval.stop_sequences("instruct", tok)
+    assert stops[:5] == STOP_SEQUENCES and "```" in stops and tok.eos_token in stops
+    answer = truncate(p["canonical_solution"] + "```\n\nThis function returns the decimal part.", stops)
+    assert answer == p["canonical_solution"]
+    assert score([p], [[answer]], workers=1)["pass@1"] == 1.0
+    assert humaneval.prompt(p, "plain", tok) == p["prompt"] and humaneval.stop_sequences("plain", tok) == STOP_SEQUENCES
+    with pytest.raises(ValueError, match="humaneval mode"):
+        humaneval.prompt(p, "chat", tok)

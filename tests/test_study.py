@@ -55,6 +55,25 @@ def test_bad_study_files(tmp_path, code_corpus):
         study.load(p)
 
 
+def test_extends_merges_mappings_and_keeps_the_runs(code_corpus, tmp_path):
+    base = write_study(tmp_path, code_corpus, analysis={"spectrum": True})
+    (tmp_path / "sub").mkdir()
+    more = tmp_path / "sub" / "more.yaml"
+    more.write_text("extends: ../study.yaml\nanalysis: {intruders: true}\neval: {limit: 7}\n")
+    s, b = study.load(more), study.load(base)
+    assert s.analysis.spectrum and s.analysis.intruders and not b.analysis.intruders  # mappings merge
+    assert s.eval.limit == 7 and s.eval.heldout_tokens == b.eval.heldout_tokens == 128
+    assert s.name == b.name and [r.id for r in study.expand(s, tmp_path)] == [r.id for r in study.expand(b, tmp_path)]
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(UserError, match="extends itself"):
+        study.load(loop)
+    gone = tmp_path / "gone.yaml"
+    gone.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(UserError, match=r"nowhere.yaml: no such study file \(extended by .*gone.yaml\)"):
+        study.load(gone)
+
+
 def test_study_runs_caches_and_reports(code_corpus, tmp_path, capsys):
     cfg = write_study(tmp_path, code_corpus)
     out = tmp_path / "studies"
@@ -75,11 +94,19 @@ def test_study_runs_caches_and_reports(code_corpus, tmp_path, capsys):
     assert json.loads((root / "results.json").read_text())["runs"] == results["runs"]
 
 
-def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys):
+def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys, monkeypatch):
     assert cli.main(["study", str(write_study(tmp_path, code_corpus)), "--out", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "3 runs; estimated training time" in out and "TFLOP" in out
     assert not (tmp_path / "s").exists()
+    # the estimate counts the held-out scoring at every checkpoint: the same forward cost for every method
+    monkeypatch.setattr(study, "measure_matmul_flops", lambda seconds=1.0: 1e11)
+    s = study.load(write_study(tmp_path, code_corpus))
+    with_eval = study.dry_run(s, study.expand(s, tmp_path))
+    s = study.load(write_study(tmp_path, code_corpus, eval={"heldout_tokens": 0, "forgetting": [], "general": None}))
+    without = study.dry_run(s, study.expand(s, tmp_path))
+    extra = [a["est_seconds"] - b["est_seconds"] for a, b in zip(with_eval, without)]
+    assert extra[0] > 0 and extra == pytest.approx([extra[0]] * 3)
 
 
 def test_study_scores_benchmark_tasks_on_shared_items(code_corpus, tmp_path):

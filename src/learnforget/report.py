@@ -468,7 +468,7 @@ def checkpoint_rows(A) -> list[dict]:
 
 def _scale(A) -> tuple[dict, str]:
     res, ctx = A["res"], A["ctx"]
-    toks = max(c["tokens"] for r in res["runs"] for c in r["checkpoints"])
+    toks = int(max(c["tokens"] for r in res["runs"] for c in r["checkpoints"]))
     forg = [t for t, v in ctx["tasks"].items() if v["role"] == "forgetting"]
     items = {t: v["n"] for t, v in ctx["tasks"].items()}
     mdd = min((ctx["tasks"][t]["mdd"] for t in ctx["signal"]), default=None)

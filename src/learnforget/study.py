@@ -99,16 +99,38 @@ def _build(kind, value: dict, where: str):
         raise UserError(f"{where}: {e}") from None
 
 
-def load(path: str | Path) -> Study:
-    path = Path(path)
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A study file's mapping, with `extends: other.yaml` (relative to this file) merged under it: mappings
+    merge key by key, anything else is replaced. So `extends: demo-cpu.yaml` plus one `analysis:` key is the
+    demo study with more analysis, in the demo's own folder (same name, same runs: nothing is retrained)."""
     if not path.exists():
-        raise UserError(f"{path}: no such study file")
+        raise UserError(f"{path}: no such study file" + (f" (extended by {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        raise UserError(f"{path}: extends itself (through {' -> '.join(map(str, seen))})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a study file is a mapping with name, model, experiments, methods")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise UserError(f"{path}: extends: the path of another study file, got {parent!r}")
+    return _merge(_read(path.parent / parent, seen + (path.resolve(),)), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(path: str | Path) -> Study:
+    path = Path(path)
+    raw = _read(path)
     for key in ("name", "model", "experiments", "methods"):
         if key not in raw:
             raise UserError(f"{path}: missing field '{key}'")
@@ -219,11 +241,14 @@ def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
             tokens = int(t.epochs * r.experiment.tokens_per_epoch)
         fpt = flops_per_token(n_total, n_lora or n_total, m.method == "full", L, d, study.seq_len)
         flops = fpt * tokens if tokens else None
+        # held-out scoring at every checkpoint (a forward pass, 2N per token): in the demo as much as the training
+        sets = (1 + len(t.extra_eval)) if t.eval_tokens else 0
+        eval_flops = 2 * n_total * t.eval_tokens * sets * len(t.checkpoints)
         # memory: fp32 weights (+ grads + 2 Adam moments for what trains) + logits of one micro-batch
         trainable = n_total if m.method == "full" else n_lora
         mem = 4 * (n_total + 3 * trainable) + 4 * 3 * t.micro_batch * study.seq_len * V + 4 * 30 * t.micro_batch * study.seq_len * d * L
         rows.append({"run": Path(r.config.out).name, "tokens": tokens, "epochs": t.epochs, "flops": flops,
-                     "est_seconds": flops / (0.8 * rate) if flops else None, "est_peak_gb": mem / 1e9})
+                     "est_seconds": (flops + eval_flops) / (0.8 * rate) if flops else None, "est_peak_gb": mem / 1e9})
     return rows
 
 
@@ -281,11 +306,12 @@ def main(args) -> int:
             mins = f"{row['est_seconds'] / 60:9.1f}" if row["est_seconds"] else f"{'-':>9}"
             print(f"{row['run']:<60} {row['tokens'] or row['epochs']:>9} {tf} {mins} {row['est_peak_gb']:8.1f}")
         total = sum(r["est_seconds"] or 0 for r in rows)
-        print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (evaluation extra); "
+        print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (with the held-out "
+              f"losses at each checkpoint; benchmark tasks and analysis extra); "
               f"{sum(r['flops'] or 0 for r in rows) / 1e15:.3g} PFLOP in all")
         return 0
     root.mkdir(parents=True, exist_ok=True)
-    (root / "study.yaml").write_text(Path(args.config).read_text())
+    (root / "study.yaml").write_text(yaml.safe_dump(_read(Path(args.config)), sort_keys=False))  # `extends` resolved
     if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; execute() then finds them done
         from . import executors
 

@@ -35,20 +35,6 @@ from .errors import UserError
 from .evaluate.perplexity import mean_loss, token_losses
 
 
-def release_freed_memory() -> None:
-    """glibc: serve every allocation of 128 KB or more from its own mmap, so freed activations go back to
-    the OS at once. By default glibc raises this threshold to the largest block freed so far (up to 32 MB),
-    after which 1-13 MB activations come from a heap that fragments and never shrinks. Measured on
-    SmolLM2-135M, 4 x 512 tokens in micro-batches of 1: peak RSS LoRA r16 3.5 -> 2.0 GB, full 3.9 -> 3.5 GB,
-    for ~0.2 s more page faults in a ~50 s step (benchmarks/speed.py)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
-        pass
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -113,7 +99,6 @@ def run(cfg: RunConfig) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
     t0 = time.time()
-    release_freed_memory()
     t = cfg.train
     precision = t.precision
     if precision == "auto":  # bf16 only where native: on this CPU it measured 60-80x slower than fp32

@@ -72,12 +72,13 @@ def ks_for(n: int) -> list[int]:
 
 
 def load(task: str, tok, problems: int | None, seed: int) -> tuple[list, list[str], list[str], str | None]:
-    """(problems, prompts, stop strings, gsm8k prompt mode) for `task`, on the seeded shared sample."""
+    """(problems, prompts, stop strings, prompt mode) for `task`, on the seeded shared sample."""
     from ..evaluate import gsm8k, humaneval, tasks
 
     if task == "humaneval":
+        mode = humaneval.default_mode(tok)  # instruct for chat models, as lm-eval's humaneval_instruct
         items = tasks.sample(humaneval.load_problems(), problems, seed, "humaneval")
-        return items, [p["prompt"] for p in items], list(humaneval.STOP_SEQUENCES), None
+        return items, [humaneval.prompt(p, mode, tok) for p in items], humaneval.stop_sequences(mode, tok), mode
     if task == "gsm8k":
         mode = gsm8k.default_mode(tok)  # the same for every checkpoint: they share the tokenizer
         items = tasks.sample(gsm8k.load_problems("test"), problems, seed, "gsm8k")
@@ -180,7 +181,7 @@ def run(model, tok, task: str, problems: int = 20, samples: int = 8, temperature
         texts = generate(repeated)
     gen_seconds = time.perf_counter() - t0
     if task == "humaneval":
-        texts = [humaneval.truncate(t) for t in texts]  # the function body ends at the first stop sequence
+        texts = [humaneval.truncate(t, stop) for t in texts]  # the function body ends at the first stop sequence
     completions = [texts[i * samples:(i + 1) * samples] for i in range(len(items))]
     out = score(task, items, completions, workers=workers)
     return {**out, "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new,

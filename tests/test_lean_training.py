@@ -111,3 +111,15 @@ def test_lora_uses_mask_dropout():
     model = methods.apply(model, MethodConfig(method="lora", rank=2, targets="attention", dropout=0.1))
     drops = [d for m in model.modules() for d in getattr(m, "lora_dropout", {}).values()]
     assert len(drops) == 4 * 4 and all(type(d) is MaskDropout and d.p == 0.1 for d in drops)
+
+
+def test_peak_rss_is_per_run_not_per_process():
+    """A study trains its runs in one process: each run's peak must be its own, not the largest so far."""
+    from learnforget import train
+
+    big = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+    assert train.peak_rss_mb() >= big.numel() * 4 / 2**20
+    high = train.peak_rss_mb()
+    del big
+    train.reset_peak_rss()
+    assert train.peak_rss_mb() < high - 32  # the 64 MB are gone from the new peak

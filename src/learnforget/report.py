@@ -476,7 +476,7 @@ def _scale(A) -> tuple[dict, str]:
              "forgetting_tasks": forg, "smallest_detectable_accuracy_difference": mdd}
     text = (f"This study trained {len(res['runs'])} runs for at most {toks:,} tokens each (the paper: up to 20 billion) and scored "
             f"{', '.join(f'{t} on {n} items' for t, n in items.items()) or 'no benchmark items'}. "
-            f"{len(ctx['signal'])} of {len(forg)} forgetting tasks are clearly above chance for the base model"
+            f"{len(ctx['signal'])} of {len(forg)} forgetting tasks {'is' if len(ctx['signal']) == 1 else 'are'} clearly above chance for the base model"
             + (f"; between two systems, accuracy differences below about {mdd:.2f} cannot be told from noise at these item counts. "
                if mdd else ". ")
             + "A study this small can show the direction of the learning/forgetting trade-off in the held-out losses and large "

@@ -35,7 +35,24 @@ from .errors import UserError
 from .evaluate.perplexity import mean_loss, token_losses
 
 
+def reset_peak_rss() -> None:
+    """Count this run's peak memory afresh (Linux: writing 5 to clear_refs resets VmHWM), so that runs sharing
+    one process, as a study's do, each report their own peak and not the largest so far."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux: ru_maxrss, the process's peak
+        pass
+
+
 def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -99,6 +116,7 @@ def run(cfg: RunConfig) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
     t0 = time.time()
+    reset_peak_rss()
     t = cfg.train
     precision = t.precision
     if precision == "auto":  # bf16 only where native: on this CPU it measured 60-80x slower than fp32

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .. import onednn
 from .multiple_choice import encode
 
 
@@ -116,11 +117,12 @@ def generate(model, tok, prompts: list[str], stop: list[str], max_new_tokens: in
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
     results: list[str] = [""] * len(prompts)
-    for i in range(0, len(order), batch_size):
-        batch = order[i:i + batch_size]
-        texts = _generate_batch(model, tok, [encoded[j] for j in batch], stop, max_new_tokens, temperature, generator, top_p)
-        for j, t in zip(batch, texts):
-            results[j] = t
-        if progress:
-            progress(len(batch))
+    with onednn.linears(model):
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            texts = _generate_batch(model, tok, [encoded[j] for j in batch], stop, max_new_tokens, temperature, generator, top_p)
+            for j, t in zip(batch, texts):
+                results[j] = t
+            if progress:
+                progress(len(batch))
     return results

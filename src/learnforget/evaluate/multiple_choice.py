@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .. import onednn
 from .tasks import ChoiceItem
 
 
@@ -169,12 +170,13 @@ def score(model, tok, items: list[ChoiceItem], batch_size: int = 8,
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     order = sorted(range(len(items)), key=lambda i: -len(_packed(plans[i])[0]))
     results: list = [None] * len(items)
-    for i in range(0, len(order), batch_size):
-        batch = order[i:i + batch_size]
-        for j, res in zip(batch, _forward_batch(model, [plans[j] for j in batch], pad_id)):
-            results[j] = res
-        if progress:
-            progress(len(batch))
+    with onednn.linears(model):
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            for j, res in zip(batch, _forward_batch(model, [plans[j] for j in batch], pad_id)):
+                results[j] = res
+            if progress:
+                progress(len(batch))
     return results
 
 

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import onednn
+
 IGNORE = -100
 CHUNK = 1024  # positions whose logits exist at once in the chunked loss: 1024 x 49152 fp32 = 200 MB
 # Config fields of heads that do more than `hidden @ W.T` (Gemma 2 softcapping, Cohere, Granite):
@@ -34,7 +36,9 @@ def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk: in
     # is the last hidden state after the final norm. Calling the model itself keeps DDP's hooks.
     out = model(input_ids=input_ids, output_hidden_states=True, logits_to_keep=1)
     hidden = out.hidden_states[-1][:, :-1][keep]
-    return linear_cross_entropy(hidden, head.weight, target[keep], chunk), int(keep.sum())
+    # Without gradients the head module computes the logits, so evaluation's oneDNN packing applies to it.
+    project = None if torch.is_grad_enabled() else head
+    return linear_cross_entropy(hidden, head.weight, target[keep], chunk, project), int(keep.sum())
 
 
 def _plain_head(model) -> torch.nn.Linear | None:
@@ -50,9 +54,11 @@ def _plain_head(model) -> torch.nn.Linear | None:
     return head
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
-    """sum_i CE(hidden_i @ weight.T, target_i) for hidden [n, d], weight [vocab, d], target [n] (no IGNORE)."""
-    return _LinearCrossEntropy.apply(hidden, weight, target, chunk)
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int = CHUNK,
+                         project: torch.nn.Module | None = None) -> torch.Tensor:
+    """sum_i CE(hidden_i @ weight.T, target_i) for hidden [n, d], weight [vocab, d], target [n] (no IGNORE).
+    `project`, if given, computes hidden @ weight.T instead (the head module; only where no gradient is needed)."""
+    return _LinearCrossEntropy.apply(hidden, weight, target, chunk, project)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -66,14 +72,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, chunk):
+    def forward(ctx, hidden, weight, target, chunk, project):
         need_h, need_w = ctx.needs_input_grad[:2]
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
         for s in range(0, hidden.shape[0], chunk):
             h, t = hidden[s:s + chunk], target[s:s + chunk]
-            logits = (h @ weight.T).float()
+            logits = (project(h) if project is not None else h @ weight.T).float()
             lse = torch.logsumexp(logits, dim=-1)
             loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
             if need_h or need_w:
@@ -92,7 +98,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.grads
         ctx.grads = (None, None)  # freed now; a second backward through this graph is not supported
         return (grad_h.mul_(grad_loss) if grad_h is not None else None,
-                grad_w.mul_(grad_loss) if grad_w is not None else None, None, None)
+                grad_w.mul_(grad_loss) if grad_w is not None else None, None, None, None)
 
 
 @torch.inference_mode()
@@ -103,10 +109,11 @@ def mean_loss(model, input_ids: torch.Tensor, labels: torch.Tensor | None = None
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, len(input_ids), batch_size):
-        s, n = token_losses(model, input_ids[i:i + batch_size].to(device), labels[i:i + batch_size].to(device))
-        total += float(s)
-        count += n
+    with onednn.linears(model):
+        for i in range(0, len(input_ids), batch_size):
+            s, n = token_losses(model, input_ids[i:i + batch_size].to(device), labels[i:i + batch_size].to(device))
+            total += float(s)
+            count += n
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}

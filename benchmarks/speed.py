@@ -13,7 +13,8 @@
              from its metrics.jsonl (cumulative tokens/s), so this measures the product.
              Trainer: per_device_train_batch_size = rows, no accumulation, save_strategy "no", its
              default optimizer (adamw_torch_fused); a callback stamps each step's end.
-             Each of the four configurations runs in its own subprocess, as does a baseline that only
+             Also ours LoRA with --gradient-checkpointing (its memory-saving choice) as ours-lora-gc.
+             Each configuration runs in its own subprocess, as does a baseline that only
              loads the model, tokenizer and rows: peak RSS (ru_maxrss) per configuration and its
              increase over the baseline's RSS do not pollute each other.
 2. generate  learnforget.evaluate.generation.generate vs plain `model.generate` (greedy, HF stop_strings)
@@ -100,7 +101,8 @@ def worker_ours(spec: dict) -> dict:
     cfg = RunConfig(model=spec["model"], data=DataSpec(spec["data"], "cpt", L), method=method,
                     train=TrainConfig(lr=LR[spec["method"]], tokens=budget, checkpoints=[budget], batch_tokens=R * L,
                                       eval_tokens=0, betas=(0.9, 0.95), warmup=0.1, grad_clip=1.0, optimizer="adamw", seed=0,
-                                      log_every=1, **({"micro_batch": spec["micro_batch"]} if spec["micro_batch"] else {})),
+                                      log_every=1, gradient_checkpointing=spec.get("gradient_checkpointing", False),
+                                      **({"micro_batch": spec["micro_batch"]} if spec["micro_batch"] else {})),
                     out=str(out / "run"))
     # CPU time at each step's end: a thread watching metrics.jsonl, which run() appends to after every step.
     metrics, cpu_at, stop = out / "run" / "metrics.jsonl", [], threading.Event()
@@ -249,6 +251,12 @@ def section_train(args, log: Path, methods: list[str]) -> dict:
             r["increase_over_baseline_mb"] = round(r["peak_rss_mb"] - baseline["rss_mb"])
             out["configs"][name] = r
             print(f"[speed]   {r['tokens_per_s']} tokens/s, {r['cpu_seconds_per_step']} CPU s/step, peak RSS {r['peak_rss_mb']} MB", flush=True)
+    if "lora" in methods:  # LoRA's memory-saving choice: --gradient-checkpointing (recomputes the forward in backward)
+        print(f"[speed] train: ours-lora-gc ({args.steps} + 1 steps) ...", flush=True)
+        r = summarize_train(run_worker({**base, "side": "ours", "method": "lora", "gradient_checkpointing": True}, log), base)
+        r["increase_over_baseline_mb"] = round(r["peak_rss_mb"] - baseline["rss_mb"])
+        out["configs"]["ours-lora-gc"] = r
+        print(f"[speed]   {r['tokens_per_s']} tokens/s, {r['cpu_seconds_per_step']} CPU s/step, peak RSS {r['peak_rss_mb']} MB", flush=True)
     c, ratios = out["configs"], {}
     for method in methods:
         o, t = c[f"ours-{method}"], c[f"trainer-{method}"]
@@ -262,6 +270,9 @@ def section_train(args, log: Path, methods: list[str]) -> dict:
             ratios[f"{side}_lora_over_full_tokens_per_s"] = round(l["tokens_per_s"] / f["tokens_per_s"], 3)
             ratios[f"{side}_lora_over_full_peak_rss"] = round(l["peak_rss_mb"] / f["peak_rss_mb"], 3)
             ratios[f"{side}_lora_over_full_increase"] = round(l["increase_over_baseline_mb"] / f["increase_over_baseline_mb"], 3)
+        f, g = c["ours-full"], c["ours-lora-gc"]
+        ratios["ours_lora_gc_over_full_tokens_per_s"] = round(g["tokens_per_s"] / f["tokens_per_s"], 3)
+        ratios["ours_lora_gc_over_full_peak_rss"] = round(g["peak_rss_mb"] / f["peak_rss_mb"], 3)
     out["ratios"] = ratios
     return out
 
@@ -415,8 +426,9 @@ def print_table(r: dict) -> None:
     if m:
         parts = [f"{side} {m[f'{side}_full_gflops']} GFLOP/s = MFU {100 * m[f'{side}_full_mfu']:.1f}%"
                  for side in ("ours", "trainer") if f"{side}_full_mfu" in m]
-        print(f"\nMFU (full FT, {m['train_flops_per_token'] / 1e6:.0f} MFLOP/token): fp32 matmul peak {m['matmul_peak_gflops']} GFLOP/s "
-              f"(start {r['matmul_start_gflops']}, end {r['matmul_end_gflops']}); " + "; ".join(parts))
+        print(f"\nMFU (full FT, {m['train_flops_per_token'] / 1e6:.0f} MFLOP/token): fp32 matmul peak {m['matmul_peak_gflops']} GFLOP/s ("
+              + ", ".join(f"{when} MKL {r[f'matmul_{when}_gflops']['mkl_sgemm']} / oneDNN {r[f'matmul_{when}_gflops'].get('onednn_packed')}" for when in ("start", "end"))
+              + "); " + "; ".join(parts))
     sp = r.get("spectrum")
     if sp:
         print(f"\nspectrum of {sp['modules']} modules ({sp['source']}): load {sp['load_seconds']} s, ΔW {sp['delta_seconds']} s, "

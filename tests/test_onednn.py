@@ -45,3 +45,38 @@ def test_not_float32_is_a_no_op_and_errors_restore():
         with onednn.linears(model):
             raise RuntimeError("boom")
     assert not any("forward" in vars(m) for m in linears(model))
+
+
+def test_training_linear_matches_f_linear_values_and_gradients():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 24, generator=g, requires_grad=True)
+    w = torch.randn(40, 24, generator=g, requires_grad=True)
+    b = torch.randn(40, generator=g, requires_grad=True)
+    up = torch.randn(3, 5, 40, generator=g)
+    got = onednn.linear(x, w, b)
+    (got * up).sum().backward()
+    grads = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    want = torch.nn.functional.linear(x, w, b)
+    (want * up).sum().backward()
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    for mine, ref in zip(grads, (x.grad, w.grad, b.grad)):
+        assert torch.allclose(mine, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_training_mode_patches_without_packing_and_frozen_weights_get_no_gradient():
+    model, _ = models.tiny_random_llama()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.get_output_embeddings()
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(3))
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    with onednn.linears(model, training=True):
+        out = model(inputs_embeds=emb).logits
+    out.sum().backward()
+    assert emb.grad is not None and all(p.grad is None for p in model.parameters())
+    ref_emb = emb.detach().clone().requires_grad_(True)
+    model(inputs_embeds=ref_emb).logits.sum().backward()
+    assert torch.allclose(emb.grad, ref_emb.grad, atol=1e-4, rtol=1e-4)
+    assert "forward" not in vars(head)

@@ -79,7 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if need_w else None
         for s in range(0, hidden.shape[0], chunk):
             h, t = hidden[s:s + chunk], target[s:s + chunk]
-            logits = (project(h) if project is not None else h @ weight.T).float()
+            logits = (project(h) if project is not None else onednn.mm_t(h, weight)).float()
             lse = torch.logsumexp(logits, dim=-1)
             loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
             if need_h or need_w:
@@ -87,7 +87,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 g[torch.arange(len(t), device=g.device), t] -= 1.0
                 g = g.to(weight.dtype)
                 if need_h:
-                    grad_h[s:s + chunk] = g @ weight
+                    grad_h[s:s + chunk] = onednn.mm_t(g, weight.t())
                 if need_w:
                     grad_w.addmm_(g.T, h.to(weight.dtype))
         ctx.grads = (grad_h, grad_w)

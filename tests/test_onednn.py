@@ -80,3 +80,14 @@ def test_training_mode_patches_without_packing_and_frozen_weights_get_no_gradien
     model(inputs_embeds=ref_emb).logits.sum().backward()
     assert torch.allclose(emb.grad, ref_emb.grad, atol=1e-4, rtol=1e-4)
     assert "forward" not in vars(head)
+
+
+def test_environment_switch_turns_it_off(monkeypatch):
+    model, _ = models.tiny_random_llama()
+    monkeypatch.setenv("LEARNFORGET_ONEDNN", "0")
+    with onednn.linears(model), onednn.linears(model, training=True):
+        assert not any("forward" in vars(m) for m in linears(model))
+    w = torch.randn(3, 4, requires_grad=True)
+    assert type(onednn.linear(torch.randn(2, 4), w).grad_fn).__name__ != "_LinearBackward"  # F.linear's own node
+    monkeypatch.setenv("LEARNFORGET_ONEDNN", "1")
+    assert type(onednn.linear(torch.randn(2, 4), w).grad_fn).__name__ == "_LinearBackward"

@@ -18,17 +18,23 @@ GFLOP/s; the 49k head's forward 170 vs 120), the weight gradient stays with MKL 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 
+def enabled() -> bool:
+    """LEARNFORGET_ONEDNN=0 turns it off (e.g. on a CPU where MKL is the faster one); on by default."""
+    return os.environ.get("LEARNFORGET_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
+
+
 def available(model: torch.nn.Module) -> bool:
-    """oneDNN packing applies: a float32 model on CPU and a PyTorch built with oneDNN."""
+    """oneDNN applies: a float32 model on CPU and a PyTorch built with oneDNN, not turned off."""
     p = next(model.parameters(), None)
     return (p is not None and p.device.type == "cpu" and p.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+            and enabled() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 def _lp(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,7 +44,7 @@ def _lp(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None)
 
 def _applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available())
+            and not torch.is_autocast_enabled("cpu") and enabled())
 
 
 def mm_t(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -182,10 +182,10 @@ def run(cfg: RunConfig) -> dict:
         man = checkpoint.manifest(done[-1])
         _evaluate(acc.unwrap_model(model), heldout, t.eval_batch, step, man["tokens"], plan["checkpoint_labels"][step], metrics_path, writer)
     bar = tqdm(total=plan["total_steps"], initial=step, disable=not main, desc=cfg.method.label(), unit="step")
-    trained_seconds, seen_tokens_start = 0.0, step * R * cfg.data.seq_len
+    trained_seconds, trained_cpu, seen_tokens_start = 0.0, 0.0, step * R * cfg.data.seq_len
     model.train()
     while step < plan["total_steps"]:
-        tic = time.time()
+        tic, cpu_tic = time.time(), time.process_time()
         rows = [next(stream) for _ in range(R)]
         ids = torch.tensor([r[0] for r in rows])
         labels = torch.tensor([r[1] for r in rows])
@@ -214,6 +214,7 @@ def run(cfg: RunConfig) -> dict:
         step_loss = float(acc.reduce(step_loss, reduction="sum")) if n_tokens else None
         dt = time.time() - tic
         trained_seconds += dt
+        trained_cpu += time.process_time() - cpu_tic
         tokens = step * R * cfg.data.seq_len
         tps = (tokens - seen_tokens_start) / max(trained_seconds, 1e-9)
         if main:
@@ -222,7 +223,8 @@ def run(cfg: RunConfig) -> dict:
             if step % t.log_every == 0 or step == plan["total_steps"]:
                 row = {"step": step, "tokens": tokens, "loss": step_loss, "lr": sched.get_last_lr()[0],
                        "grad_norm": float(grad_norm) if grad_norm is not None else None, "tokens_per_s": tps,
-                       "supervised_tokens": n_tokens, "peak_rss_mb": peak_rss_mb()}
+                       "supervised_tokens": n_tokens, "peak_rss_mb": peak_rss_mb(),
+                       "cpu_seconds": trained_cpu}  # this session's training steps, all threads: CPU s/step without a timer thread
                 _log(metrics_path, row)
                 if writer:
                     for k in ("loss", "lr", "tokens_per_s"):

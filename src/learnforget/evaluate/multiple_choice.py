@@ -15,6 +15,8 @@ Why it is faster than lm-eval's one-sequence-per-choice loop:
      only at the positions whose next token is scored, not at every position.
   3. Packed rows are batched by length (sorted), so padding is small (a KV-cache variant that ran the
      prefixes first and the remainders after padded each stage separately: 30-60% wasted tokens).
+  4. On CPU the linear layers run through oneDNN with pre-packed weights (`learnforget.onednn`): on the
+     Zen 4 machine this is measured on, ~1.3x MKL's sgemm at these shapes.
 `score_naive` is the plain reference (full sequence per choice) that the tests compare against.
 """
 

@@ -93,11 +93,11 @@ def _packed_forward(module: torch.nn.Linear, packed: torch.Tensor):
 
 
 @contextlib.contextmanager
-def linears(model: torch.nn.Module, enabled: bool = True, training: bool = False) -> Iterator[None]:
+def linears(model: torch.nn.Module, training: bool = False) -> Iterator[None]:
     """Inside: every plain `nn.Linear` of `model` (LoRA's base layers included) computes through oneDNN,
     with a packed copy of its weight (evaluation) or with gradients (training=True). Restored on exit.
     A no-op where `available` is False; modules already patched by an outer context keep its mode."""
-    if not (enabled and available(model)):
+    if not available(model):
         yield
         return
     patched = []

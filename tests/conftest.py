@@ -3,6 +3,8 @@ OpenMP threads), a private model cache, and small corpora written per test."""
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,16 @@ def qa_jsonl(tmp_path: Path) -> Path:
     rows = [{"prompt": f"What is {i} plus {i + 1}?", "response": f"{i} + {i + 1} = {2 * i + 1}. The answer is {2 * i + 1}."} for i in range(60)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
+
+
+@pytest.fixture
+def kill_when():
+    """kill_when(p, ready, timeout, poll, what): SIGKILL process p as soon as ready() holds; fails if p ends first."""
+    def kill(p, ready, timeout: float, poll: float, what: str = "run") -> None:
+        deadline = time.time() + timeout
+        while not ready() and p.poll() is None and time.time() < deadline:
+            time.sleep(poll)
+        assert p.poll() is None, f"{what} ended before it could be killed: raise the budget"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    return kill

@@ -7,10 +7,8 @@ the RNG state, optimizer state and data position all have to come back)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,19 +35,14 @@ def _losses(out: Path) -> list:
 @pytest.mark.parametrize("method", [["--method", "full", "--lr", "2e-5"],
                                     ["--method", "lora", "--rank", "16", "--targets", "all", "--dropout", "0.05", "--lr", "2e-4"]],
                          ids=["full", "lora"])
-def test_real_model_kill_and_resume_is_bit_for_bit(tmp_path, method):
+def test_real_model_kill_and_resume_is_bit_for_bit(tmp_path, method, kill_when):
     ref = tmp_path / "ref"
     p = _train(ref, method)
     assert p.wait() == 0, p.stdout.read()[-3000:]
     killed = tmp_path / "killed"
     p = _train(killed, method)
     first = killed / "checkpoints" / "tokens-000000000512"
-    deadline = time.time() + 600
-    while not checkpoint.is_complete(first) and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert p.poll() is None, "run ended before it could be killed"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_when(p, lambda: checkpoint.is_complete(first), timeout=600, poll=0.05)
     resumed = _train(killed, method)
     log = resumed.communicate()[0]
     assert resumed.returncode == 0, log[-3000:]

@@ -137,12 +137,10 @@ def stable(obj):
     return obj
 
 
-def test_killed_study_resumes_to_the_same_results(code_corpus, tmp_path):
+def test_killed_study_resumes_to_the_same_results(code_corpus, tmp_path, kill_when):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from learnforget import checkpoint
 
@@ -157,16 +155,12 @@ def test_killed_study_resumes_to_the_same_results(code_corpus, tmp_path):
     assert study_cli(tmp_path / "ref").wait() == 0
     p = study_cli(tmp_path / "killed")
     runs = tmp_path / "killed" / "tiny" / "runs"
-    deadline = time.time() + 120
-    # kill -9 in the middle of the second run: the first is done, the second has a checkpoint
-    while p.poll() is None and time.time() < deadline:
+
+    def second_run_has_a_checkpoint() -> bool:  # kill -9 in the middle of the second run: the first is done
         dirs = sorted(runs.iterdir(), key=lambda d: d.stat().st_mtime) if runs.exists() else []
-        if len(dirs) >= 2 and checkpoint.complete(dirs[1]):
-            break
-        time.sleep(0.01)
-    assert p.poll() is None, "study ended before it could be killed: raise the budget"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+        return len(dirs) >= 2 and bool(checkpoint.complete(dirs[1]))
+
+    kill_when(p, second_run_has_a_checkpoint, timeout=120, poll=0.01, what="study")
     assert not (tmp_path / "killed" / "tiny" / "results.json").exists()
     again = study_cli(tmp_path / "killed")
     log = again.communicate()[0]

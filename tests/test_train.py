@@ -3,10 +3,8 @@ resumes to the same result, 2-process DDP equals 1 process, and bad options fail
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,19 +87,14 @@ def _cli(argv, **kw):
     return subprocess.Popen([sys.executable, "-m", "learnforget.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_kill_and_resume_reaches_the_same_result(code_corpus, tmp_path):
+def test_kill_and_resume_reaches_the_same_result(code_corpus, tmp_path, kill_when):
     common = ["--method", "full", "--lr", "1e-3", "--tokens", "6144", "--checkpoints", "1024,2048,4096", "--eval-tokens", "0"]
     ref = tmp_path / "ref"
     assert _cli(args(code_corpus, ref, *common)).wait() == 0
     killed = tmp_path / "killed"
     p = _cli(args(code_corpus, killed, *common))
     first = killed / "checkpoints" / "tokens-000000001024"
-    deadline = time.time() + 120
-    while not checkpoint.is_complete(first) and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "run ended before it could be killed: raise the budget"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_when(p, lambda: checkpoint.is_complete(first), timeout=120, poll=0.02)
     assert not (killed / "run.json").read_text().count('"done"')
     cks = checkpoint.complete(killed)
     assert (cks[-1] / "resume").exists() and not any((c / "resume").exists() for c in cks[:-1])  # newest only

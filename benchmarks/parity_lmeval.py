@@ -14,8 +14,10 @@ and "\nAnswer:"), which also checks that reconstruction.
 GSM8K 5-shot: lm-eval's gsm8k.yaml with `fewshot_config: {sampler: first_n}` over the GSM8K train
 file, i.e. our fixed exemplars. GSM8K chat: lm-eval with apply_chat_template=True, num_fewshot=0.
 
-lm-eval: HFLM(pretrained=<models.resolve(model)>, dtype float32, batch size 8, cpu), one
+lm-eval: HFLM(pretrained=<models.resolve(model)>, dtype --dtype (float32), batch size 8, cpu), one
 simple_evaluate call per task, timed from the call to its return (model already loaded).
+Both sides share this process, so with --malloc tuned (the default, what `learnforget eval` sets)
+lm-eval gets the same malloc settings as ours.
 Ours: runner.run_choice / run_gsm8k on an already-loaded model, timed the same way; the time to
 load the full benchmark from the wheel is reported separately.
 Results: benchmarks/results/parity-<date>.json and a printed table.
@@ -39,7 +41,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from learnforget import models  # noqa: E402
+from learnforget import allocator, models  # noqa: E402
 from learnforget.evaluate import gsm8k, runner, tasks  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -210,10 +212,14 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8, help="ours: items per batch (multiple choice)")
     p.add_argument("--gen-batch-size", type=int, default=8, help="both: sequences per generation batch")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--malloc", default="tuned", choices=["tuned", "default"],
+                   help="tuned: learnforget.allocator.tune(), as `learnforget eval` does; both sides share the process, so lm-eval gets it too")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides: weights and compute dtype")
     p.add_argument("--repeats", type=int, default=1, help="multiple choice: time each side this many times (alternating) and keep the fastest")
     p.add_argument("--out", default=str(HERE / "results" / f"parity-{date.today().isoformat()}.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    malloc_tuned = args.malloc == "tuned" and allocator.tune()
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -226,10 +232,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lf-parity-"))
     write_task_files(tmp, idx)
     tm = TaskManager(include_path=str(tmp))
-    lm = HFLM(pretrained=path, dtype="float32", batch_size=args.lm_eval_batch_size, device="cpu")
-    model, tok = models.load(args.model)
+    lm = HFLM(pretrained=path, dtype=args.dtype, batch_size=args.lm_eval_batch_size, device="cpu")
+    model, tok = models.load(args.model, dtype=getattr(torch, args.dtype))
 
-    report: dict = {"command": " ".join(sys.argv), "machine_matmul_gflops": matmul_gflops(), "model": args.model, "model_path": path, "lm_eval_version": lm_eval.__version__, "torch_threads": torch.get_num_threads(),
+    report: dict = {"command": " ".join(sys.argv), "machine_matmul_gflops": matmul_gflops(), "model": args.model, "model_path": path, "lm_eval_version": lm_eval.__version__, "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "malloc_tuned": malloc_tuned,
                     "limit": args.limit, "seed": args.seed, "lm_eval_batch_size": args.lm_eval_batch_size, "our_batch_size": args.batch_size,
                     "our_sampling_and_loading_seconds": round(load_seconds, 2), "tasks": {}}
     for name in MC_TASKS:

@@ -1,5 +1,5 @@
 """Shared test set-up: one CPU thread (two processes on two cores otherwise fight over spinning
-OpenMP threads), a private model cache, and small corpora written per test."""
+OpenMP threads), glibc's default malloc, a private model cache, and small corpora written per test."""
 
 import json
 import os
@@ -12,6 +12,9 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# runner.main tunes malloc for its process (allocator.py); the suite is one process, and later tests
+# measure memory that must fall when freed. test_allocator turns it back on in its own subprocesses.
+os.environ["LEARNFORGET_MALLOPT"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

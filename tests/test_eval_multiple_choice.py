@@ -38,6 +38,26 @@ def test_shared_prefix_matches_naive(tiny, batch_size):
         assert lls == pytest.approx(want, abs=1e-4), item.id
 
 
+def test_eager_attention_takes_the_additive_mask():
+    # SDPA gets a boolean mask; eager attention adds the mask to its scores, so it must get the float one.
+    model, tok = models.load("tiny-random-llama")
+    model.config._attn_implementation = "eager"
+    items = _items()
+    got = mc.score(model, tok, items, batch_size=8)
+    for (lls, _), want in zip(got, mc.score_naive(model, tok, items)):
+        assert lls == pytest.approx(want, abs=1e-4)
+
+
+def test_bfloat16_scores_near_float32(tiny):
+    model, tok = tiny
+    items = _items()
+    ref = [lls for lls, _ in mc.score(model, tok, items, batch_size=8)]
+    half = models.load("tiny-random-llama")[0].to(torch.bfloat16)
+    got = [lls for lls, _ in mc.score(half, tok, items, batch_size=8)]
+    diffs = [abs(a - b) for x, y in zip(got, ref) for a, b in zip(x, y)]
+    assert 0 < max(diffs) < 0.05 * max(abs(a) for x in ref for a in x)  # bf16 rounding: close, not equal
+
+
 def test_batch_size_invariance(tiny):
     model, tok = tiny
     items = _items()

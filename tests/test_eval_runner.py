@@ -5,6 +5,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from learnforget import models
 from learnforget.errors import UserError
@@ -97,6 +98,19 @@ def test_bad_input_is_a_user_error(tmp_path, argv, message):
     with pytest.raises(UserError) as e:
         runner.main(args)
     assert message in str(e.value)
+
+
+def test_bfloat16_evaluation_is_recorded(tmp_path, code_corpus):
+    out = tmp_path / "bf16"
+    runner.main(_args("--model", "tiny-random-llama", "--tasks", f"perplexity:{code_corpus}", "--dtype", "bfloat16",
+                      "--ppl-tokens", "1024", "--ppl-seq-len", "128", "--out", str(out)))
+    (path,) = out.glob("results_*.json")
+    body = json.loads(path.read_text())
+    assert body["config"]["dtype"] == "bfloat16" and body["results"][f"perplexity:{code_corpus}"]["ppl,none"] > 1
+    model, _, info = runner.load_model("tiny-random-llama", None, "bfloat16")
+    assert info["dtype"] == "bfloat16" and next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(UserError, match="--dtype must be one of"):
+        runner.load_model("tiny-random-llama", None, "float16")
 
 
 def test_checkpoint_folder_without_model_files(tmp_path):

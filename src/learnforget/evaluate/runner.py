@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import models
+from .. import allocator, models
 from ..errors import UserError
 from . import custom, generation, gsm8k, multiple_choice, tasks
 
@@ -45,6 +45,7 @@ HUMANEVAL_NAMES = {"humaneval": None, "humaneval:plain": "plain", "humaneval:ins
 PRIMARY = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "arc_easy": "acc", "piqa": "acc_norm",
            "winogrande": "acc", "boolq": "acc", "mmlu": "acc"}
 Z = 1.96
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (and of sampling when --temperature > 0)")
     p.add_argument("--out", required=True, help="folder for results_<timestamp>.json and samples_<task>_<timestamp>.jsonl")
     p.add_argument("--batch-size", type=int, default=8, help="items per forward pass (multiple choice) / sequences per batch (generation)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="weights and compute: float32 (default; agrees with lm-eval to float rounding) or bfloat16 "
+                        "(~1.6x faster on CPUs with AVX512-BF16; log-likelihoods move by ~0.1 nat, see README)")
     p.add_argument("--num-samples", type=int, default=1, help="humaneval: completions per problem (pass@k for k <= this)")
     p.add_argument("--temperature", type=float, default=0.0, help="humaneval sampling temperature (0 = greedy)")
     p.add_argument("--ppl-tokens", type=int, default=20000, help="perplexity tasks: held-out tokens scored")
@@ -90,9 +94,19 @@ def parse_tasks(spec: str) -> list[str]:
 # ----------------------------------------------------------------------------- model + checkpoint
 
 
-def load_model(spec: str, checkpoint: str | None):
-    """(model, tokenizer, info). A LoRA adapter is merged into the base for speed (same numbers)."""
-    info = {"model": spec, "checkpoint": checkpoint, "adapter_merged": False, "dtype": "float32"}
+def load_model(spec: str, checkpoint: str | None, dtype: str = "float32"):
+    """(model, tokenizer, info). A LoRA adapter is merged into the base for speed (same numbers).
+    Weights are loaded and merged in float32 and only then cast to `dtype`, so a bfloat16 evaluation
+    rounds each merged weight once."""
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(sorted(DTYPES))}, got {dtype!r}")
+    model, tok, info = _load_float32(spec, checkpoint)
+    info["dtype"] = dtype
+    return model.to(DTYPES[dtype]), tok, info
+
+
+def _load_float32(spec: str, checkpoint: str | None):
+    info = {"model": spec, "checkpoint": checkpoint, "adapter_merged": False}
     if checkpoint is None:
         model, tok = models.load(spec)
         return model, tok, info
@@ -375,7 +389,8 @@ def main(args: argparse.Namespace) -> int:
             custom.load(n)
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    model, tok, info = load_model(args.model, args.checkpoint)
+    allocator.tune()  # this process only evaluates, then exits: keeping freed memory costs nothing later
+    model, tok, info = load_model(args.model, args.checkpoint, args.dtype)
     t0 = time.perf_counter()
     results = evaluate_tasks(model, tok, names, args.limit, args.generation_limit, args.seed, args.batch_size,
                              args.num_samples, args.temperature, args.ppl_tokens, args.ppl_seq_len)

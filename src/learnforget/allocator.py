@@ -3,11 +3,10 @@
 Why: glibc serves every block above its mmap threshold (128 KiB, raised dynamically to at most
 32 MiB) with a fresh `mmap` and returns it to the kernel on free, so a tensor of hundreds of MB
 (the scored logits of a multiple-choice batch, a layer's activations) costs its size in page
-faults, and the kernel zeroes every page, each time it is allocated. Measured on SmolLM2-135M,
-HellaSwag 200 items, 2 threads: 5.4-5.8 million minor faults and 13-15 s of system time in a
-64-74 s run; with the settings below 0.6-0.8 million faults, 2 s, and 10% less wall time, for
-~0.4 GB more peak RSS (freed memory stays in the process for reuse).
-The cost: freed memory stays in the process, so RSS no longer falls when a big tensor is freed.
+faults, and the kernel zeroes every page, each time it is allocated. Measured 2026-12-02 (2 threads):
+`learnforget eval --model smollm2-135m --tasks forgetting,perplexity:python-code --limit 200` on a LoRA
+checkpoint took 2 min 39 s with 26.7 s of system time untuned (glibc's defaults, which
+LEARNFORGET_MALLOPT=0 keeps), 2 min 15 s with 4.7 s tuned; peak RSS 2.94 -> 3.19 GB, because freed memory stays in the process for reuse.
 That is why only `learnforget eval`, a process that evaluates and exits, calls `tune()`: training
 and a study (whose runs share one process and must each report their own peak memory) do not.
 `LEARNFORGET_MALLOPT=0` turns it off. jemalloc or tcmalloc through LD_PRELOAD do the same job

@@ -214,7 +214,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--malloc", default="tuned", choices=["tuned", "default"],
                    help="tuned: learnforget.allocator.tune(), as `learnforget eval` does; both sides share the process, so lm-eval gets it too")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both sides: weights and compute dtype")
+    p.add_argument("--dtype", default="float32", choices=sorted(runner.DTYPES), help="both sides: weights and compute dtype")
     p.add_argument("--repeats", type=int, default=1, help="multiple choice: time each side this many times (alternating) and keep the fastest")
     p.add_argument("--out", default=str(HERE / "results" / f"parity-{date.today().isoformat()}.json"))
     args = p.parse_args()
@@ -233,7 +233,7 @@ def main() -> int:
     write_task_files(tmp, idx)
     tm = TaskManager(include_path=str(tmp))
     lm = HFLM(pretrained=path, dtype=args.dtype, batch_size=args.lm_eval_batch_size, device="cpu")
-    model, tok = models.load(args.model, dtype=getattr(torch, args.dtype))
+    model, tok = models.load(args.model, dtype=runner.DTYPES[args.dtype])
 
     report: dict = {"command": " ".join(sys.argv), "machine_matmul_gflops": matmul_gflops(), "model": args.model, "model_path": path, "lm_eval_version": lm_eval.__version__, "torch_threads": torch.get_num_threads(), "dtype": args.dtype, "malloc_tuned": malloc_tuned,
                     "limit": args.limit, "seed": args.seed, "lm_eval_batch_size": args.lm_eval_batch_size, "our_batch_size": args.batch_size,

@@ -1,0 +1,133 @@
+"""All findings (a)-(g) of a study, in order: which systems are compared on which signals."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import stats
+from .context import Analysis
+from .findings import FORGETTING, RULES, SPECTRUM_RATIO, Finding, at_matched_learning, at_tokens, growth, learned, sensitivity
+from .schema import Series
+
+
+def _learn_sigs(A: Analysis, g: str) -> list[str]:
+    return ["metric", "target"] if A.learn[g] == "metric" else ["target"]
+
+
+def _failed(claim: str, a: Series, b: Series) -> Finding:
+    who = " and ".join(s.who for s in (a, b) if not s.learned)
+    return Finding(claim, a.group, f"{a.who} vs {b.who}", "", stats.NOT_RUN,
+                   numbers=f"{who} did not learn (final held-out target loss not below the base model's): a failed run is "
+                           f"evidence of a bad learning rate, not of the claim")
+
+
+def _full_lora_pairs(A: Analysis):
+    for g in A.groups:
+        for f in A.of_family(g, "full"):
+            for lo in A.of_family(g, "lora"):
+                yield g, f, lo
+
+
+def _a_b(A: Analysis) -> list[Finding]:
+    rows = []
+    for g, f, lo in _full_lora_pairs(A):
+        if not (f.learned and lo.learned):
+            rows += [_failed("a", f, lo), _failed("b", lo, f)]
+            continue
+        rows += [at_tokens("a", A, f, lo, sig) for sig in _learn_sigs(A, g)]
+        rows += [at_tokens("b", A, lo, f, sig) for sig in FORGETTING]
+        rows += [at_matched_learning("b", A, lo, f, sig) for sig in ("general", "kl_general")]
+    return rows
+
+
+def _c(A: Analysis) -> list[Finding]:
+    rows = [at_matched_learning("c", A, lo, r, sig) for r in A.best if r.family == "full-regularized"
+            for lo in A.of_family(r.group, "lora") for sig in ("general", "kl_general")]
+    return rows or [Finding("c", "all", "", "", stats.NOT_RUN, numbers="no full-regularized (dropout / weight decay) runs in this study")]
+
+
+def _d_e(A: Analysis) -> list[Finding]:
+    rows = []
+    for g, f, lo in _full_lora_pairs(A):
+        rows += [growth(A, f, lo, sig) if f.learned and lo.learned else _failed("d", f, lo) for sig in _learn_sigs(A, g)]
+    for g in A.groups:
+        for fl in sorted({s.label for s in A.of_family(g, "full")}):
+            for ll in sorted({s.label for s in A.of_family(g, "lora")}):
+                rows += [sensitivity(A, g, fl, ll, sig) for sig in _learn_sigs(A, g)]
+    return rows
+
+
+def spectrum(A: Analysis) -> list[Finding]:
+    rows = (A.res.get("analysis") or {}).get("spectrum")
+    if not rows:
+        return [Finding("f", "all", "", "", stats.NOT_RUN, numbers="no analysis.spectrum in results.json")]
+    ranks = sorted({s.rank for s in A.series if s.family == "lora" and s.rank})
+    if not ranks:
+        return [Finding("f", "all", "", "", stats.NOT_RUN, numbers="no LoRA runs with a rank")]
+    lora_ids = {rid for s in A.series if s.family == "lora" for rid in s.run_ids}
+    out = []
+    for s in [s for s in A.best if s.family == "full"]:
+        mine = [r for r in rows if r["run_id"] in s.run_ids]
+        if not mine:
+            continue
+        last = max(r["tokens"] for r in mine)
+        at = [r for r in mine if r["tokens"] == last]
+        r90 = np.array([r["rank90"] for r in at], float)
+        frac, width = np.median([r["rank90"] / r["full_rank"] for r in at]), min(r["full_rank"] for r in at)
+        rng = np.random.default_rng(stats.SEED)
+        boot = np.median(r90[rng.integers(0, len(r90), (stats.N_BOOT, len(r90)))], axis=1)
+        lora_r90 = [r["rank90"] for r in rows if r["run_id"] in lora_ids]
+        extra = f"; LoRA updates' median rank@90% {np.median(lora_r90):.0f}" if lora_r90 else ""
+        for rank in ranks:
+            lo, hi = stats.interval(boot / rank)
+            cap = f"; at most {width / rank:.1f}x is possible on these matrices" if width < SPECTRUM_RATIO * rank else ""
+            verdict = stats.REPRODUCED if lo > SPECTRUM_RATIO else stats.NOT_REPRODUCED if hi < SPECTRUM_RATIO else stats.NOT_SIGNIFICANT
+            out.append(Finding("f", s.group, f"{s.who} vs LoRA rank {rank}", "rank@90% of the full-FT update / LoRA rank", verdict,
+                               float(np.median(r90) / rank), (lo, hi),
+                               f"median rank@90% {np.median(r90):.0f} over {len(r90)} matrices at {last:,} tokens "
+                               f"({frac:.0%} of full rank) vs LoRA rank {rank}{cap}{extra}", RULES["spectrum"]))
+    return out or [Finding("f", "all", "", "", stats.NOT_RUN, numbers="no spectrum rows for full fine-tuning runs")]
+
+
+def _last_rows(rows: list[dict], s: Series, task: str) -> list[dict]:
+    mine = [r for r in rows if r["run_id"] in s.run_ids and r["task"] == task]
+    last = max((r["tokens"] for r in mine), default=None)
+    return [r for r in mine if r["tokens"] == last]
+
+
+def _diversity_row(rows, f: Series, lo: Series, task: str) -> Finding | None:
+    fr, lr_ = _last_rows(rows, f, task), _last_rows(rows, lo, task)
+    if not (fr and lr_):
+        return None
+    vf, vl = np.mean([r["distinct_correct"] for r in fr]), np.mean([r["distinct_correct"] for r in lr_])
+    base = [r["distinct_correct"] for r in rows if r["run_id"] == "base" and r["task"] == task]
+    nums = f"distinct correct per problem: {lo.label} {vl:.2f} vs {f.label} {vf:.2f}" + (f" (base {np.mean(base):.2f})" if base else "")
+    comp, what = f"{lo.who} vs {f.who}", f"{task} distinct correct ({lo.label} - {f.label})"
+    if not any(r["distinct_correct"] for r in fr + lr_) and not any(base):  # nothing to collapse
+        return Finding("g", f.group, comp, what, stats.NOT_RUN, numbers=nums + (
+            f"; no sample is correct for any model ({fr[0]['n']} samples x {fr[0].get('problems', '?')} problems): "
+            f"the task is beyond this model, so it cannot test the claim"))
+    if not all("items" in r for r in fr + lr_):
+        return Finding("g", f.group, comp, what, stats.NOT_RUN, numbers=nums + "; no per-problem scores to pair")
+    units = lambda rs, who: {"div:" + task: stats.Units.of("div:" + task, [r["items"] for r in rs], system=who)}  # noqa: E731
+    dec = stats.compare(units(lr_, lo.who), units(fr, f.who), margin=0.0, higher_better=True)
+    return Finding("g", f.group, comp, what, dec.verdict, dec.estimate, dec.ci, nums, RULES["diversity"], dec.note())
+
+
+def diversity(A: Analysis) -> list[Finding]:
+    rows = (A.res.get("analysis") or {}).get("diversity")
+    if not rows:
+        return [Finding("g", "all", "", "", stats.NOT_RUN, numbers="no analysis.diversity in results.json")]
+    out = [row for _, f, lo in _full_lora_pairs(A) for task in sorted({r["task"] for r in rows})
+           if (row := _diversity_row(rows, f, lo, task))]
+    return out or [Finding("g", "all", "", "", stats.NOT_RUN, numbers="no diversity rows for both a full and a LoRA run")]
+
+
+def findings(A: Analysis) -> list[Finding]:
+    """All findings (a)-(g), in order."""
+    for s in A.series:
+        s.learned = learned(A, s)
+    rows = _a_b(A) + _c(A) + _d_e(A) + spectrum(A) + diversity(A)
+    have = {r.claim for r in rows}
+    rows += [Finding(c, "all", "", "", stats.NOT_RUN, numbers="no full and LoRA runs in the same experiment") for c in "abde" if c not in have]
+    return sorted(rows, key=lambda r: r.claim)

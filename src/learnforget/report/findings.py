@@ -1,0 +1,197 @@
+"""The paper's claims (a)-(g) as findings, each decided by a paired bootstrap over the units its
+signal was measured on (report/stats.py): reproduced, not reproduced, equivalent, or not significant
+with the difference the study could have detected. Each method is taken at its best learning rate."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import stats
+from .context import Analysis, better
+from .schema import Point, Series
+
+SPECTRUM_RATIO = 10.0  # the paper: the full-FT update's rank@90% is 10-100x the LoRA ranks
+CLAIMS = {
+    "a": "Full fine-tuning learns more per token than LoRA",
+    "b": "LoRA forgets less than full fine-tuning",
+    "c": "At matched learning, LoRA forgets less than dropout / weight-decay regularized full fine-tuning",
+    "d": "Longer training favours full fine-tuning (its learning lead over LoRA grows with tokens)",
+    "e": "LoRA is more sensitive to the learning rate than full fine-tuning",
+    "f": f"The full fine-tuning update needs a rank@90% far above (>= {SPECTRUM_RATIO:g}x) the LoRA ranks",
+    "g": "Full fine-tuning collapses the distinct correct solutions more than LoRA",
+}
+_BOOT = f"paired bootstrap ({stats.N_BOOT} resamples of seeds, then of the shared units: benchmark items or held-out documents)"
+RULES = {
+    "paired": f"{_BOOT} of the difference, averaged over the checkpoints both systems have; reproduced if its 95% interval "
+              f"is above 0, not reproduced if below 0, equivalent if inside +-margin, else not significant",
+    "matched": f"forgetting at matched learning: the system that learned less is taken at its final checkpoint, the other's "
+               f"forgetting is interpolated along its checkpoint curve (from the base model) at the same held-out target loss; "
+               f"{_BOOT}, both signals resampled jointly; decided as above",
+    "growth": f"(learning gap at the last matched checkpoint) - (gap at the first); {_BOOT}; decided as above",
+    "spread": f"spread = best minus worst final score over the learning rates tried; {_BOOT} of (LoRA spread - full spread); "
+              f"decided as above",
+    "spectrum": f"median rank@90% of the full-FT update matrices / LoRA rank, one row per rank, bootstrap over matrices: "
+                f"reproduced if the 95% interval is above {SPECTRUM_RATIO:g}, not reproduced if below (the paper's 10-100x is "
+                f"against ranks 16-64 on 4096-wide matrices; a rank close to the matrix width cannot be exceeded 10x)",
+    "diversity": "paired bootstrap over problems of the per-problem distinct correct solutions",
+}
+SIGNAL_NAME = {"metric": "learning task", "target": "held-out target loss", "signal": "forgetting score (tasks above chance)",
+               "paper": "paper's 3-task mean", "general": "held-out general loss", "kl_general": "KL drift on general text",
+               "kl_target": "KL drift on target text"}
+FORGETTING = ("signal", "paper", "general", "kl_general")
+
+
+@dataclass
+class Finding:
+    claim: str
+    group: str
+    comparison: str
+    signal: str
+    verdict: str
+    estimate: float | None = None
+    ci: tuple[float, float] | None = None
+    numbers: str = ""
+    rule: str = ""
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        return CLAIMS[self.claim]
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "text": self.text, "ci": list(self.ci) if self.ci else None}
+
+
+def _decided(claim, group, comparison, what, dec: stats.Decision, numbers, rule) -> Finding:
+    return Finding(claim, group, comparison, what, dec.verdict, dec.estimate, dec.ci, numbers, rule, dec.note())
+
+
+def _pairs(A: Analysis, a: Series, b: Series, sig: str) -> list[tuple[Point, Point]]:
+    """Checkpoints of a and b at the same token count (> 0), both measured on `sig`."""
+    pb = {p.tokens: p for p in b.points}
+    return [(p, pb[p.tokens]) for p in a.points if p.tokens > 0 and p.tokens in pb
+            and A.signal(p, sig, a.domain) and A.signal(pb[p.tokens], sig, b.domain)]
+
+
+def _fmt(A: Analysis, p: Point, sig: str, domain: str) -> str:
+    v = A.value(p, sig, domain)
+    return "–" if v is None else f"{v[0]:.4f} [{v[1]:.4f}, {v[2]:.4f}]"
+
+
+def _base_ref(A: Analysis, s: Series, sig: str) -> str:
+    v = A.value(A.base[s.group], sig, s.domain)
+    return f"; base {v[0]:.4f}" if v and not sig.startswith("kl") else ""
+
+
+def _what(A: Analysis, sig: str, domain: str) -> str:
+    if sig == "metric":
+        t = A.learning.get(domain)
+        return f"{t} {A.tasks[t].metric}"
+    return SIGNAL_NAME[sig]
+
+
+def at_tokens(claim: str, A: Analysis, hi: Series, lo: Series, sig: str) -> Finding:
+    """'hi beats lo on sig' at matched tokens, averaged over the checkpoints both have."""
+    g, comp, what = hi.group, f"{hi.who} vs {lo.who}", _what(A, sig, hi.domain)
+    if sig in ("signal", "paper", "metric") and not A.task_names(sig, hi.domain):
+        why = "no forgetting task is above chance for the base model" if sig == "signal" else "task not evaluated"
+        return Finding(claim, g, comp, what, stats.NOT_RUN, numbers=why)
+    pairs = _pairs(A, hi, lo, sig)
+    if not pairs:
+        return Finding(claim, g, comp, what, stats.NOT_RUN, numbers=f"no checkpoints at matched tokens with {SIGNAL_NAME[sig]}")
+    dec = stats.compare_many([(A.signal(p, sig, hi.domain), A.signal(q, sig, lo.domain)) for p, q in pairs], A.margin(sig), better(sig))
+    toks = "/".join(f"{p.tokens:,}" for p, _ in pairs)
+    p, q = pairs[-1]
+    nums = (f"at {toks} tokens; at {p.tokens:,}: {hi.label} {_fmt(A, p, sig, hi.domain)} vs {lo.label} {_fmt(A, q, sig, lo.domain)}"
+            + _base_ref(A, hi, sig))
+    if sig == "paper" and any(A.tasks[t].status != "above" for t in A.paper):
+        nums += "; includes task(s) at chance: " + ", ".join(t for t in A.paper if A.tasks[t].status != "above")
+    return _decided(claim, g, comp, f"{what} ({hi.label} better by)", dec, nums, RULES["paired"])
+
+
+def _curve(A: Analysis, s: Series, sig: str) -> list[Point]:
+    """The base point, then the series' checkpoints, where both the target loss and `sig` were measured."""
+    pts = [A.base[s.group], *s.points]
+    return [p for p in pts if A.signal(p, "target", s.domain) and A.signal(p, sig, s.domain)]
+
+
+def at_matched_learning(claim: str, A: Analysis, x: Series, y: Series, sig: str) -> Finding:
+    """'x forgets less than y' on sig at the same held-out target loss (the less-learned system's final one)."""
+    g, comp, what = x.group, f"{x.who} vs {y.who}", f"{SIGNAL_NAME[sig]} at matched target loss"
+    cx, cy = _curve(A, x, sig), _curve(A, y, sig)
+    if len(cx) < 2 or len(cy) < 2:
+        return Finding(claim, g, comp, what, stats.NOT_RUN, numbers="needs the base model and a checkpoint with both signals")
+    sign = 1.0 if better(sig) else -1.0
+    pt = lambda c, f: np.array([f(A.signal(p, "target", x.domain)) for p in c])  # noqa: E731
+    ps = lambda c, f: np.array([f(A.signal(p, sig, x.domain)) for p in c])  # noqa: E731
+    tx, ty, fx, fy = pt(cx, stats.boot), pt(cy, stats.boot), ps(cx, stats.boot), ps(cy, stats.boot)
+    vtx, vty, vfx, vfy = pt(cx, stats.value), pt(cy, stats.value), ps(cx, stats.value), ps(cy, stats.value)
+    if vtx[-1] >= vty[-1]:  # x learned less: y's forgetting interpolated at x's final target loss
+        level, est = vtx[-1], sign * (vfx[-1] - float(np.interp(vtx[-1], *_sorted(vty, vfy))))
+        d = sign * (fx[-1] - stats.interp_at(tx[-1], ty, fy))
+        along = y
+    else:
+        level, est = vty[-1], sign * (float(np.interp(vty[-1], *_sorted(vtx, vfx))) - vfy[-1])
+        d = sign * (stats.interp_at(ty[-1], tx, fx) - fy[-1])
+        along = x
+    inside = np.isfinite(d)
+    if inside.mean() < 0.9:
+        return Finding(claim, g, comp, what, stats.NOT_RUN,
+                       numbers=f"{along.label}'s curve does not reach target loss {level:.4f} in {1 - inside.mean():.0%} of resamples")
+    dec = stats.decide(d[inside], est, A.margin(sig))
+    nums = f"at target loss {level:.4f} ({along.label} interpolated along {len(cx if along is x else cy)} points from the base)"
+    if not inside.all():
+        nums += f"; {1 - inside.mean():.0%} of resamples outside the curve, left out"
+    return _decided(claim, g, comp, f"{what} ({x.label} better by)", dec, nums, RULES["matched"])
+
+
+def _sorted(xs, ys):
+    o = np.argsort(xs)
+    return xs[o], ys[o]
+
+
+def growth(A: Analysis, f: Series, lo: Series, sig: str) -> Finding:
+    """Claim d: (full - LoRA learning gap at the last matched checkpoint) - (gap at the first)."""
+    g, comp, what = f.group, f"{f.who} vs {lo.who}", f"{_what(A, sig, f.domain)} gap (full better by), last - first"
+    pairs = _pairs(A, f, lo, sig)
+    if len(pairs) < 2:
+        return Finding("d", g, comp, what, stats.NOT_RUN, numbers="fewer than 2 matched checkpoints")
+    sign = 1.0 if better(sig) else -1.0
+    (f0, l0), (f1, l1) = pairs[0], pairs[-1]
+    s = lambda p, fn: fn(A.signal(p, sig, f.domain))  # noqa: E731
+    gap = lambda a, b, fn: sign * (s(a, fn) - s(b, fn))  # noqa: E731
+    d = gap(f1, l1, stats.boot) - gap(f0, l0, stats.boot)
+    g0, g1 = gap(f0, l0, stats.value), gap(f1, l1, stats.value)
+    dec = stats.decide(d, g1 - g0, A.margin(sig))
+    return _decided("d", g, comp, what, dec, f"gap {g0:+.4f} -> {g1:+.4f} over {f0.tokens:,} -> {f1.tokens:,} tokens", RULES["growth"])
+
+
+def _finals(A: Analysis, group: str, label: str, sig: str) -> list[tuple[Series, stats.Signal]]:
+    ss = [s for s in A.series if s.group == group and s.label == label]
+    return [(s, A.signal(s.points[-1], sig, s.domain)) for s in ss]
+
+
+def sensitivity(A: Analysis, group: str, full_label: str, lora_label: str, sig: str) -> Finding:
+    """Claim e: (LoRA's spread of final scores over its learning rates) - (full fine-tuning's)."""
+    comp, what = f"{lora_label} vs {full_label}", f"spread of final {_what(A, sig, group.split('/')[1])} over learning rates"
+    fl, ff = _finals(A, group, lora_label, sig), _finals(A, group, full_label, sig)
+    if min(len(fl), len(ff)) < 2 or not all(u for _, u in fl + ff):
+        return Finding("e", group, comp, what, stats.NOT_RUN, numbers="needs >= 2 learning rates per method, all scored")
+    sign = 1.0 if better(sig) else -1.0
+    spread = lambda fs, fn: np.ptp(np.array([sign * fn(u) for _, u in fs]), axis=0)  # noqa: E731
+    d = spread(fl, stats.boot) - spread(ff, stats.boot)
+    el, ef = float(spread(fl, stats.value)), float(spread(ff, stats.value))
+    dec = stats.decide(d, el - ef, A.margin(sig))
+    show = lambda fs: ", ".join(f"lr {s.lr:g}: {stats.value(u):.4f}" for s, u in fs)  # noqa: E731
+    return _decided("e", group, comp, what, dec, f"spread {lora_label} {el:.4f} ({show(fl)}) vs {full_label} {ef:.4f} ({show(ff)})",
+                    RULES["spread"])
+
+
+def learned(A: Analysis, s: Series) -> bool:
+    """A run learned if its final held-out target loss is below the base model's (interval clear of it)."""
+    base, fin = A.signal(A.base[s.group], "target", s.domain), A.signal(s.points[-1], "target", s.domain)
+    if not base or not fin:
+        return True  # no base reference: cannot tell, do not withhold the verdicts
+    return stats.interval(stats.boot(base) - stats.boot(fin))[0] > 0

@@ -11,7 +11,8 @@ import pytest
 from learnforget import cli, models, report, study, study_analysis
 from learnforget.analysis import diversity as div
 from learnforget.errors import UserError
-from learnforget.evaluate import generation, gsm8k, humaneval
+from learnforget.evaluate import generation
+from learnforget.evaluate.tasks import gsm8k, humaneval
 
 from test_study import write_study
 
@@ -75,7 +76,7 @@ def test_gsm8k_stub_numbers_are_exact():
 
 
 def test_run_with_a_fake_generator_uses_the_shared_problem_sample():
-    from learnforget.evaluate import tasks
+    from learnforget.evaluate import task as tasks
 
     problems = tasks.sample(humaneval.load_problems(), 2, 5, "humaneval")
     canonical = {p["prompt"]: p["canonical_solution"] for p in problems}

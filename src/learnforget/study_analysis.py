@@ -123,7 +123,7 @@ def _intruders_path(root: Path, an: AnalysisSpec, rid: str, ck: Path) -> Path:
 def _diversity_path(root: Path, d: DiversitySpec, task: str, rid: str, ck: Path | None) -> Path:
     spec = {"task": task, **{k: v for k, v in asdict(d).items() if k not in ("task", "runs", "base", "methods")}}
     if task == "humaneval":
-        from .evaluate.humaneval import PROMPTS_VERSION
+        from .evaluate.tasks.humaneval import PROMPTS_VERSION
 
         spec["prompts"] = PROMPTS_VERSION
     name = "base" if ck is None else f"{rid}-{ck.name}"

@@ -19,7 +19,7 @@ from . import checkpoint
 def _spec_key(study, tasks: list[str]) -> str:
     spec = {"tasks": sorted(tasks), "limit": study.eval.limit, "generation_limit": study.eval.generation_limit, "seed": study.eval.seed}
     if any(t.startswith("humaneval") for t in tasks):  # the prompt protocol decides the result too
-        from .evaluate.humaneval import PROMPTS_VERSION
+        from .evaluate.tasks.humaneval import PROMPTS_VERSION
 
         spec["humaneval_prompts"] = PROMPTS_VERSION
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]

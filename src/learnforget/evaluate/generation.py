@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from .. import onednn
-from .multiple_choice import encode
+from .scoring import encode
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> str:

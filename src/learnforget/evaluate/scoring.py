@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import onednn
-from .tasks import ChoiceItem
+from .task import ChoiceItem
 
 
 def encode(tok, text: str) -> list[int]:

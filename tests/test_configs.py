@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from learnforget import cli, models, study
+from learnforget import cli, models
+from learnforget.study import cost, plan
 from learnforget.data import sources
 from learnforget.errors import UserError
 
@@ -18,7 +19,7 @@ PAPER = [p for p in CONFIGS if p.name.startswith("paper-")]
 def offline(monkeypatch):
     """No hub, no data loading, no 1-second matmul measurement: a dry run must need none of them."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(study, "measure_matmul_flops", lambda seconds=1.0: 1e11)
+    monkeypatch.setattr(cost, "measure_matmul_flops", lambda seconds=1.0: 1e11)
 
     def refuse(*a, **k):
         raise AssertionError("a dry run must not load data")
@@ -36,8 +37,8 @@ def test_the_configs_are_there():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads_and_dry_runs_offline(path, offline, tmp_path, capsys):
-    s = study.load(path)
-    runs = study.expand(s, tmp_path)
+    s = plan.load(path)
+    runs = plan.expand(s, tmp_path)
     assert runs and len({r.id for r in runs}) == len(runs)  # no two runs of the grid are the same run
     assert len({Path(r.config.out).name for r in runs}) == len(runs)
     assert cli.main(["study", str(path), "--dry-run", "--out", str(tmp_path / "s")]) == 0
@@ -51,8 +52,8 @@ def test_config_loads_and_dry_runs_offline(path, offline, tmp_path, capsys):
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
 def test_paper_configs_follow_the_paper(path):
-    s = study.load(path)
-    runs = study.expand(s, Path("/tmp/unused"))
+    s = plan.load(path)
+    runs = plan.expand(s, Path("/tmp/unused"))
     assert s.model == "meta-llama/Llama-2-7b-hf"
     assert {r.config.train.optimizer for r in runs} == {"lion"}
     assert {r.config.train.betas for r in runs} == {(0.9, 0.95)}

@@ -1,12 +1,24 @@
-"""Typed, validated run configuration. Every field carries its help text; __post_init__ checks it.
+"""Typed, validated configuration: every spec of a run and of a study, one YAML loader, one builder.
 
-A run is (model, data, method, train). The CLI builds these from its options, the study builds them
-from YAML; both end here, so validation lives in one place and errors read the same.
+A run is (model, data, method, train); a study adds experiments, evaluation, analysis and executor specs.
+The CLI builds these from its options, the study from YAML; both end here, so every field carries its
+help text and type, and errors read the same: `build(cls, mapping, source)` checks unknown fields and
+every value against its declared type (a wrong one is `file:line: field: expected ..., got ...`), then
+each spec's __post_init__ checks its ranges. `load_yaml` reads numbers in exponent form (`2e-4`) as
+numbers and keeps line numbers for those messages.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
 
 from .errors import UserError
 
@@ -15,16 +27,197 @@ TARGET_PRESETS = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
     "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+# Defaults shared by the study and the verbs (`learnforget eval`, `learnforget analyze`): one value each.
+EVAL_SEED = 1234  # seed of the fixed item sample of every benchmark task
+EVAL_BATCH = 16  # items per forward pass (multiple choice) / sequences per batch (generation)
+SVD_METHOD = "gram"  # spectrum: eigenvalues of the Gram matrix (~2x faster than svdvals; rank@90% is unaffected)
+FORGETTING_DEFAULT = ["hellaswag", "winogrande", "arc_challenge"]  # the paper's three
+LEARNING_TASK = {"code": "humaneval", "math": "gsm8k"}  # per domain: the learning task (the paper's)
 
 
 def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
+# ----------------------------------------------------------------------------- YAML with line numbers
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `2e-4`, `1e5` as floats (YAML 1.1, PyYAML's resolver, wants a dot)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+@dataclass
+class Source:
+    """Where a mapping's values came from: the file, and the line of each key path (("methods", 0, "lr"))."""
+
+    file: str = ""
+    lines: dict = field(default_factory=dict)  # path tuple -> (file, line)
+
+    def at(self, path: tuple) -> str:
+        """`file:line` of `path`, or of its nearest located parent; the file alone when nothing is located."""
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.lines:
+                f, line = self.lines[path[:n]]
+                return f"{f}:{line}"
+        return self.file
+
+
+def _node_lines(node, path: tuple, file: str, out: dict) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = path + (k.value,)
+            out[key] = (file, k.start_mark.line + 1)
+            _node_lines(v, key, file, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[path + (i,)] = (file, v.start_mark.line + 1)
+            _node_lines(v, path + (i,), file, out)
+
+
+def load_yaml(path: str | Path) -> tuple[object, Source]:
+    """A YAML file's data and its Source; a syntax error names the file, line and column."""
+    path = Path(path)
+    loader = _Loader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({e.problem or e.context})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+    lines: dict = {(): (str(path), 1)}
+    _node_lines(node, (), str(path), lines)
+    return data, Source(str(path), lines)
+
+
+# ----------------------------------------------------------------------------- the typed builder
+
+
+def dotted(path: tuple) -> str:
+    """("methods", 0, "lr") -> "methods[0].lr"."""
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(path))
+
+
+def describe(tp) -> str:
+    """A declared type in words, for error messages."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        names = [describe(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple):
+        inner = "a list of " + " and ".join(dict.fromkeys(describe(a) for a in args if a is not Ellipsis))
+        return inner + (f" ({len(args)} items)" if origin is tuple else "")
+    if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _fail(src: Source, path: tuple, tp, value):
+    raise UserError(f"{src.at(path)}: {dotted(path)}: expected {describe(tp)}, got {value!r}".lstrip(": "))
+
+
+def convert(tp, value, src: Source | None = None, path: tuple = ()):
+    """`value` checked against the declared type `tp` (nested dataclasses built from mappings, tuples
+    from lists); numbers are not coerced (an int stays an int), so what is hashed stays what was written."""
+    src = src or Source()
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        shaped = [a for a in options if _container(a) == _container(type(value))]
+        if len(shaped) == 1 and _container(type(value)):  # a mapping or list: its own errors say more
+            return convert(shaped[0], value, src, path)
+        for a in options:
+            try:
+                return convert(a, value, src, path)
+            except UserError:
+                continue
+        _fail(src, path, tp, value)
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else build(tp, value, src, path)
+    if origin is Literal:
+        return value if value in args and isinstance(value, str) == any(isinstance(a, str) for a in args) else _fail(src, path, tp, value)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)) or (origin is tuple and Ellipsis not in args and len(value) != len(args)):
+            _fail(src, path, tp, value)
+        kinds = args if origin is tuple and Ellipsis not in args else [args[0] if args else typing.Any] * len(value)
+        out = [convert(k, v, src, path + (i,)) for i, (k, v) in enumerate(zip(kinds, value))]
+        return tuple(out) if origin is tuple else out
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            _fail(src, path, tp, value)
+        return {k: convert(args[1], v, src, path + (k,)) for k, v in value.items()} if args else value
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}
+    return value if ok.get(tp, lambda v: True)(value) else _fail(src, path, tp, value)
+
+
+def _container(tp) -> str | None:
+    origin = typing.get_origin(tp) or tp
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "mapping"
+    return "list" if origin in (list, tuple) else None
+
+
+def hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def build(cls, value, src: Source | None = None, path: tuple = ()):
+    """An instance of dataclass `cls` from a mapping: unknown and missing fields and wrong types are
+    one-line UserErrors naming file:line and field; the spec's own checks (__post_init__) are located too."""
+    src = src or Source()
+    name = dotted(path) or cls.__name__
+    if not isinstance(value, dict):
+        raise UserError(f"{src.at(path)}: {name}: expected a mapping, got {value!r}".lstrip(": "))
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise UserError(f"{src.at(path)}: {name}: unknown field(s) {unknown}; known: {sorted(known)}".lstrip(": "))
+    for f in known.values():
+        if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{src.at(path)}: {name}: missing field '{f.name}'".lstrip(": "))
+    types_ = hints(cls)
+    kwargs = {k: convert(types_[k], v, src, path + (k,)) for k, v in value.items()}
+    try:
+        return cls(**kwargs)
+    except UserError as e:
+        where = src.at(path)
+        raise UserError(f"{where}: {e}" if where and not str(e).startswith(where) else str(e)) from None
+
+
+def check_fields(obj, prefix: str = "") -> None:
+    """Every field of a constructed spec against its declared type (specs built in code, not from YAML)."""
+    types_ = hints(type(obj))
+    for f in fields(obj):
+        setattr(obj, f.name, convert(types_[f.name], getattr(obj, f.name), path=((prefix + f.name),)))
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
 @dataclass
 class DataSpec:
     source: str = _help("embedded name (python-code, math-text, math-train, gsm8k-train, mbpp-train), file, folder, glob or hub id")
-    regime: str = _help("cpt: packed documents, loss on all tokens; ift: prompt/response, loss on the response only", default="cpt")
+    regime: Literal["cpt", "ift"] = _help("cpt: packed documents, loss on all tokens; ift: prompt/response, loss on the response only", default="cpt")
     seq_len: int = _help("tokens per training row", default=512)
     heldout_fraction: float = _help("fraction of documents held out (by id hash) for held-out loss", default=0.05)
     text_field: str = _help("JSONL/hub field with the document text (CPT)", default="text")
@@ -32,46 +225,37 @@ class DataSpec:
     response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
 
     def __post_init__(self):
-        if self.regime not in ("cpt", "ift"):
-            raise UserError(f"data.regime: must be 'cpt' or 'ift', got '{self.regime}'")
-        if self.seq_len < 8:
-            raise UserError(f"data.seq_len: must be at least 8, got {self.seq_len}")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise UserError(f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
+        check_fields(self, "data.")
+        _need(self.seq_len >= 8, f"data.seq_len: must be at least 8, got {self.seq_len}")
+        _need(0.0 <= self.heldout_fraction < 1.0, f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
 class MethodConfig:
-    method: str = _help("full: every weight trains; lora: low-rank adapters (PEFT), base frozen", default="full")
+    method: Literal["full", "lora"] = _help("full: every weight trains; lora: low-rank adapters (PEFT), base frozen", default="full")
     rank: int = _help("LoRA rank r (the paper: 16, 64, 256)", default=16)
-    alpha: float | None = _help("LoRA alpha; default 2*rank, as in the paper", default=None)
+    alpha: Optional[float] = _help("LoRA alpha; default 2*rank, as in the paper", default=None)
     dropout: float = _help("LoRA dropout (the paper: 0.05)", default=0.05)
     targets: str = _help("attention (q,k,v,o) | mlp (gate,up,down) | all | comma list of module names", default="all")
     rslora: bool = _help("rank-stabilised scaling alpha/sqrt(r) instead of alpha/r", default=False)
     dora: bool = _help("weight-decomposed LoRA (DoRA); slower", default=False)
-    init: str = _help("default (B=0, A Kaiming) | pissa (principal singular vectors; changes the base)", default="default")
-    loraplus_ratio: float | None = _help("LoRA+: learning rate of B = ratio * lr (e.g. 16); None = off", default=None)
+    init: Literal["default", "pissa"] = _help("default (B=0, A Kaiming) | pissa (principal singular vectors; changes the base)", default="default")
+    loraplus_ratio: Optional[float] = _help("LoRA+: learning rate of B = ratio * lr (e.g. 16); None = off", default=None)
     attention_dropout: float = _help("full fine-tuning regularizer baseline: dropout on attention probabilities", default=0.0)
 
     def __post_init__(self):
-        if self.method not in ("full", "lora"):
-            raise UserError(f"method: must be 'full' or 'lora', got '{self.method}'")
+        check_fields(self)
         if self.method == "lora":
-            if self.rank < 1:
-                raise UserError(f"rank: must be >= 1, got {self.rank}")
+            _need(self.rank >= 1, f"rank: must be >= 1, got {self.rank}")
             if self.alpha is None:
                 self.alpha = 2.0 * self.rank
-            if self.init not in ("default", "pissa"):
-                raise UserError(f"init: must be 'default' or 'pissa', got '{self.init}'")
-            if not 0.0 <= self.dropout < 1.0:
-                raise UserError(f"dropout: must be in [0, 1), got {self.dropout}")
+            _need(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
 
     def target_modules(self) -> list[str]:
         if self.targets in TARGET_PRESETS:
             return TARGET_PRESETS[self.targets]
         names = [t.strip() for t in self.targets.split(",") if t.strip()]
-        if not names:
-            raise UserError("targets: empty module list")
+        _need(bool(names), "targets: empty module list")
         return names
 
     def label(self) -> str:
@@ -84,19 +268,19 @@ class MethodConfig:
 @dataclass
 class TrainConfig:
     lr: float = _help("peak learning rate (the paper: full 1e-5..5e-5, LoRA ~10x higher)", default=2e-5)
-    tokens: int | None = _help("token budget (CPT); checkpoints are token counts", default=None)
-    epochs: float | None = _help("epoch budget (IFT); checkpoints are epochs", default=None)
+    tokens: Optional[int] = _help("token budget (CPT); checkpoints are token counts", default=None)
+    epochs: Optional[float] = _help("epoch budget (IFT); checkpoints are epochs", default=None)
     checkpoints: list[float] = _help("budgets at which to save (tokens, or epochs when epochs is set); the last is the budget", default_factory=list)
     batch_tokens: int = _help("global batch in tokens (all processes, all accumulation steps)", default=4096)
     micro_batch: int = _help("rows per forward pass per process; lower saves memory (SmolLM2 full FT, 4 x 512 tokens a "
                              "step: 3.9 GB peak at 1 vs Trainer's one 4-row pass 6.7 GB, benchmarks/speed.py); raise it on GPUs", default=1)
-    optimizer: str = _help("adamw | lion (the paper's LionW)", default="adamw")
+    optimizer: Literal["adamw", "lion"] = _help("adamw | lion (the paper's LionW)", default="adamw")
     betas: tuple[float, float] = _help("optimizer betas (the paper: 0.9, 0.95)", default=(0.9, 0.95))
     weight_decay: float = _help("decoupled weight decay", default=0.0)
     warmup: float = _help("warm-up as a fraction of steps, then cosine decay to 0", default=0.1)
     grad_clip: float = _help("max global gradient norm; 0 = off", default=1.0)
     gradient_checkpointing: bool = _help("recompute activations in backward: less memory, ~30% slower", default=False)
-    precision: str = _help("auto (bf16 where the hardware has it natively, else fp32) | fp32 | bf16", default="auto")
+    precision: Literal["auto", "fp32", "bf16"] = _help("auto (bf16 where the hardware has it natively, else fp32) | fp32 | bf16", default="auto")
     seed: int = _help("seed for init, data order and dropout: same seed, same run", default=0)
     eval_tokens: int = _help("held-out tokens scored at each checkpoint (0 = none)", default=16384)
     eval_batch: int = _help("rows per held-out forward pass", default=8)
@@ -105,24 +289,16 @@ class TrainConfig:
     log_every: int = _help("steps between metric log lines", default=1)
 
     def __post_init__(self):
-        if (self.tokens is None) == (self.epochs is None):
-            raise UserError("give exactly one budget: --tokens (CPT) or --epochs (IFT)")
-        if self.optimizer not in ("adamw", "lion"):
-            raise UserError(f"optimizer: must be 'adamw' or 'lion', got '{self.optimizer}'")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UserError(f"precision: must be auto, fp32 or bf16, got '{self.precision}'")
-        if self.lr <= 0:
-            raise UserError(f"lr: must be > 0, got {self.lr}")
+        check_fields(self)
+        _need((self.tokens is None) != (self.epochs is None), "give exactly one budget: --tokens (CPT) or --epochs (IFT)")
+        _need(self.lr > 0, f"lr: must be > 0, got {self.lr}")
         budget = self.tokens if self.tokens is not None else self.epochs
-        if budget <= 0:
-            raise UserError(f"budget must be > 0, got {budget}")
+        _need(budget > 0, f"budget must be > 0, got {budget}")
         self.checkpoints = sorted(float(c) for c in (self.checkpoints or [budget]))
-        if self.checkpoints[-1] > budget or self.checkpoints[0] <= 0:
-            raise UserError(f"checkpoints {self.checkpoints} must lie in (0, {budget}]")
+        _need(self.checkpoints[-1] <= budget and self.checkpoints[0] > 0, f"checkpoints {self.checkpoints} must lie in (0, {budget}]")
         if self.checkpoints[-1] != budget:
             self.checkpoints.append(float(budget))
-        if not 0.0 <= self.warmup < 1.0:
-            raise UserError(f"warmup: a fraction in [0, 1), got {self.warmup}")
+        _need(0.0 <= self.warmup < 1.0, f"warmup: a fraction in [0, 1), got {self.warmup}")
 
 
 @dataclass
@@ -138,15 +314,128 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        def build(kind, value):
-            known = {f.name for f in fields(kind)}
-            unknown = set(value) - known
-            if unknown:
-                raise UserError(f"{kind.__name__}: unknown field(s) {sorted(unknown)}")
-            return kind(**value)
+        return build(cls, d)
 
-        train = dict(d["train"])
-        if "betas" in train:
-            train["betas"] = tuple(train["betas"])
-        return cls(model=d["model"], data=build(DataSpec, d["data"]), method=build(MethodConfig, d["method"]),
-                   train=build(TrainConfig, train), out=d["out"])
+
+# ----------------------------------------------------------------------------- a study (study YAML)
+
+
+@dataclass
+class Experiment:
+    name: str = _help("experiment name: a prefix of its run folders (e.g. code-cpt)")
+    regime: Literal["cpt", "ift"] = _help("cpt: continued pre-training on documents; ift: instruction tuning on prompt/response pairs")
+    domain: Literal["code", "math"] = _help("code | math: decides the learning task and the report's grouping")
+    data: str = _help("training data: embedded name, file, folder, glob or hub id (as train --data)")
+    tokens: Optional[int] = _help("token budget of every run (give tokens or epochs)", default=None)
+    epochs: Optional[float] = _help("epoch budget of every run (IFT)", default=None)
+    checkpoints: list[float] = _help("budgets at which each run saves a checkpoint; the last is the budget", default_factory=list)
+    heldout_fraction: float = _help("fraction of documents held out for the held-out target loss", default=0.05)
+    text_field: str = _help("JSONL/hub field with the document text (CPT)", default="text")
+    prompt_field: str = _help("JSONL/hub field with the prompt (IFT)", default="prompt")
+    response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
+    tokens_per_epoch: Optional[int] = _help("for an epoch budget: the dataset's size in tokens, used only by --dry-run", default=None)
+
+    def __post_init__(self):
+        check_fields(self, "experiment.")
+
+
+@dataclass
+class EvalSpec:
+    forgetting: list[str] = _help("forgetting tasks, scored for the base model and the chosen checkpoints",
+                                  default_factory=lambda: list(FORGETTING_DEFAULT))
+    learning: dict[str, list[str]] = _help("per domain, the learning tasks (e.g. {code: [humaneval], math: [gsm8k]})",
+                                           default_factory=lambda: {d: [t] for d, t in LEARNING_TASK.items()})
+    limit: Optional[int] = _help("items per task: a seeded fixed sample shared by every checkpoint (null: all)", default=200)
+    generation_limit: Optional[int] = _help("items for generation tasks (gsm8k, humaneval): they cost ~100x more", default=50)
+    heldout_tokens: int = _help("held-out tokens per set (target, general) at every checkpoint; 0 = none", default=8192)
+    general: Optional[str] = _help("held-out general text: the continuous forgetting signal (null: none)", default="general-text")
+    tasks_at: Literal["final", "all"] = _help("which checkpoints get benchmark tasks (held-out losses: all)", default="final")
+    tasks_runs: Literal["all", "best_lr"] = _help(
+        "which runs get benchmark tasks. best_lr: per (experiment, method) only the best learning rate (study.gather.best_lr; "
+        "before any task is scored that is the lowest final held-out target loss, averaged over seeds): a sweep's other "
+        "learning rates keep their held-out losses, and the study saves most of its evaluation time", default="all")
+    seed: int = _help("seed of each task's item sample", default=EVAL_SEED)
+    batch_size: int = _help("items per forward pass / sequences per generation batch", default=EVAL_BATCH)
+
+    def __post_init__(self):
+        check_fields(self, "eval.")
+
+
+@dataclass
+class DiversitySpec:
+    task: Union[str, dict[str, Optional[str]]] = _help("one task (humaneval | gsm8k) for every domain, or per domain (null: none)",
+                                                       default_factory=lambda: dict(LEARNING_TASK))
+    problems: int = _help("problems: a seeded fixed sample, shared by every model", default=20)
+    samples: int = _help("samples per problem: pass@k for k in 1, n/2, n", default=8)
+    temperature: float = _help("sampling temperature", default=0.8)
+    top_p: float = _help("nucleus sampling threshold", default=0.95)
+    seed: int = _help("seed of the problem sample and of the sampling", default=0)
+    max_new_tokens: Optional[int] = _help("default: 512 humaneval, 256 gsm8k", default=None)
+    batch_size: int = _help("sequences per batch; part of the cache key (sampled tokens depend on the batching)", default=8)
+    runs: Literal["best_lr", "all"] = _help("best_lr: per experiment, the full and LoRA runs the report compares | all", default="best_lr")
+    methods: Optional[list[str]] = _help("only these method labels (e.g. [full, lora-r16-all]): sampling is costly", default=None)
+    base: bool = _help("also the base model (the reference the collapse is measured against)", default=True)
+
+    def __post_init__(self):
+        check_fields(self, "analysis.diversity.")
+        if isinstance(self.task, str):
+            self.task = {d: self.task for d in LEARNING_TASK}
+        _need(not set(self.task) - set(LEARNING_TASK),
+              f"analysis.diversity.task: a task name or a mapping {{code: ..., math: ...}}, got {self.task!r}")
+
+    def task_for(self, domain: str) -> str | None:
+        return self.task.get(domain)
+
+
+@dataclass
+class AnalysisSpec:
+    spectrum: bool = _help("rank@90% of each run's weight update per module (LoRA: B·A·scale)", default=False)
+    intruders: bool = _help("intruder dimensions (arXiv 2410.21228): top-k tuned directions far from all base ones", default=False)
+    diversity: Union[DiversitySpec, bool, None] = _help("diversity of sampled solutions: true (defaults) or a mapping", default=None)
+    checkpoints: Literal["final", "all"] = _help("which checkpoints get spectrum and intruders (diversity: final)", default="final")
+    svd: Literal["gram", "svd"] = _help("gram (eigenvalues of the Gram matrix, ~2x faster; rank@90% is unaffected) | svd", default=SVD_METHOD)
+    k: int = _help("intruders: top-k singular vectors of each tuned weight", default=10)
+    eps: list[float] = _help("intruder thresholds in (0, 1]", default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
+
+    def __post_init__(self):
+        if isinstance(self.diversity, dict):
+            self.diversity = build(DiversitySpec, self.diversity, path=("analysis", "diversity"))
+        check_fields(self, "analysis.")
+        if self.diversity is True:
+            self.diversity = DiversitySpec()
+        elif self.diversity is False:
+            self.diversity = None
+        _need(self.k >= 1, f"analysis.k: an integer >= 1, got {self.k!r}")
+        _need(bool(self.eps) and all(0 < e <= 1 for e in self.eps), f"analysis.eps: a list of thresholds in (0, 1], got {self.eps!r}")
+
+
+@dataclass
+class ExecutorSpec:
+    """The `executor:` mapping of a study YAML: what each run asks Ray for (ignored by --executor local)."""
+
+    num_cpus: float = _help("CPU cores per run; on CPU-only machines also torch's thread count in the worker", default=1.0)
+    num_gpus: float = _help("GPUs per run (one training process per run; several GPUs per run: use accelerate launch)", default=0.0)
+    memory_gb: Optional[float] = _help("RAM per run, so Ray does not start more runs than fit (see the dry run's est. GB)", default=None)
+
+    def __post_init__(self):
+        check_fields(self, "executor.")
+        _need(self.num_cpus > 0, f"executor.num_cpus: must be > 0, got {self.num_cpus}")
+        _need(self.num_gpus >= 0, f"executor.num_gpus: must be >= 0, got {self.num_gpus}")
+        _need(self.memory_gb is None or self.memory_gb > 0, f"executor.memory_gb: must be > 0, got {self.memory_gb}")
+
+
+@dataclass
+class Study:
+    name: str = _help("study name: its folder under --out")
+    model: str = _help("base model of every run (as train --model)")
+    experiments: list[Experiment] = _help("experiments: data, regime, domain and budget")
+    methods: list[dict] = _help("each a MethodConfig grid (list values expand) plus `lr: [..]` and optional train overrides")
+    train: dict = _help("TrainConfig defaults for every run", default_factory=dict)
+    eval: EvalSpec = _help("benchmark tasks and held-out losses", default_factory=EvalSpec)
+    seeds: list[int] = _help("training seeds: every run of the grid once per seed", default_factory=lambda: [0])
+    seq_len: int = _help("tokens per training row", default=512)
+    executor: ExecutorSpec = _help("resources per run for --executor ray", default_factory=ExecutorSpec)
+    analysis: Optional[AnalysisSpec] = _help("optional: spectrum, intruders, diversity (study/analyse.py)", default=None)
+
+    def __post_init__(self):
+        check_fields(self)

@@ -115,8 +115,8 @@ def describe(tp) -> str:
         names = [describe(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args else "")
     if origin in (list, tuple):
-        inner = "a list of " + " and ".join(dict.fromkeys(describe(a) for a in args if a is not Ellipsis))
-        return inner + (f" ({len(args)} items)" if origin is tuple else "")
+        each = " and ".join(dict.fromkeys(describe(a) for a in args if a is not Ellipsis))
+        return ("a list" if origin is list else f"a list of {len(args)} items") + (f", each {each}" if each else "")
     if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from learnforget import cli, config, models
+from learnforget import cli, config, models, validate
 from learnforget.study import cost, plan
 from learnforget.data import sources
 from learnforget.errors import UserError
@@ -222,10 +222,10 @@ FIELDS = [(cls, f.name) for cls in SPECS for f in dataclasses.fields(cls)]
 @pytest.mark.parametrize("cls, name", FIELDS, ids=[f"{c.__name__}.{n}" for c, n in FIELDS])
 def test_every_field_refuses_a_wrong_type(cls, name):
     """Generated from the dataclasses: a wrong-typed value in any field is a UserError naming the field."""
-    assert config.build(cls, _minimal(cls))  # the minimal mapping is valid
-    value = _wrong(config.hints(cls)[name])
+    assert validate.build(cls, _minimal(cls))  # the minimal mapping is valid
+    value = _wrong(validate.hints(cls)[name])
     with pytest.raises(UserError, match=rf"^spec.yaml:3: {name}: expected .*, got {re.escape(repr(value))}$"):
-        config.build(cls, {**_minimal(cls), name: value}, config.Source("spec.yaml", {(name,): ("spec.yaml", 3)}), ())
+        validate.build(cls, {**_minimal(cls), name: value}, validate.Source("spec.yaml", {(name,): ("spec.yaml", 3)}), ())
 
 
 # ----------------------------------------------------------------------------- the command line

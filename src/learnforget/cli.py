@@ -12,8 +12,9 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from .config import DataSpec, MethodConfig, RunConfig, TrainConfig, convert, hints, load_yaml
+from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .validate import convert, hints, load_mapping
 
 RENAME = {"source": "data"}  # DataSpec.source is `--data`: the name scripts and the issue use
 TRAIN_SPECS = (DataSpec, MethodConfig, TrainConfig)
@@ -132,9 +133,7 @@ def _config_argv(path: str, verb: argparse.ArgumentParser, verb_name: str) -> li
     Train options are checked against their declared types here, with the file's line in the error."""
     if not Path(path).is_file():
         raise UserError(f"--config {path}: no such file")
-    data, src = load_yaml(path)
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a --config file is a mapping of {verb_name} options (e.g. lr: 2e-4)")
+    data, src = load_mapping(path, f"a --config file is a mapping of {verb_name} options (e.g. lr: 2e-4)")
     actions = {a.dest: a for a in verb._actions if a.option_strings and a.dest not in ("help", "config")}
     by_flag = {s.lstrip("-").replace("-", "_"): a for a in actions.values() for s in a.option_strings if s.startswith("--")}
     types_ = {RENAME.get(k, k): v for cls in TRAIN_SPECS for k, v in hints(cls).items()} if verb_name == "train" else {}

@@ -10,9 +10,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..analysis import diversity as div
-from ..config import (DataSpec, DiversitySpec, Experiment, MethodConfig, RunConfig, Source, Study, TrainConfig, build, convert, dotted,
-                      hints, load_yaml)
+from ..config import DataSpec, DiversitySpec, Experiment, MethodConfig, RunConfig, Study, TrainConfig
 from ..errors import UserError
+from ..validate import Source, build, convert, dotted, hints, load_mapping
 
 NOT_A_GRID = ("checkpoints", "extra_eval", "betas")  # list-valued fields: a list is one value, not a grid
 
@@ -26,9 +26,7 @@ def read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, Source]:
         raise UserError(f"{path}: no such study file" + (f" (extended by {seen[-1]})" if seen else ""))
     if path.resolve() in seen:
         raise UserError(f"{path}: extends itself (through {' -> '.join(map(str, seen))})")
-    raw, src = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a study file is a mapping with name, model, experiments, methods")
+    raw, src = load_mapping(path, "a study file is a mapping with name, model, experiments, methods")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw, src

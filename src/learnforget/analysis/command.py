@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from ..config import SVD_METHOD
 from ..errors import UserError
 
 
@@ -20,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=10, help="top-k singular vectors checked for intruders")
     p.add_argument("--eps", default="0.5,0.6,0.7,0.8,0.9", help="intruder thresholds (max cosine similarity below eps)")
     p.add_argument("--no-intruders", action="store_true", help="spectrum only")
-    p.add_argument("--svd", choices=["svd", "gram"], default="svd", help="exact svdvals, or eigenvalues of the Gram matrix (~2x faster)")
+    p.add_argument("--svd", choices=["svd", "gram"], default=SVD_METHOD, help="exact svdvals, or eigenvalues of the Gram matrix (~2x faster)")
     from . import diversity
 
     sub = p.add_subparsers(dest="analysis", required=False, metavar="{diversity}")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .. import allocator, models
+from ..config import EVAL_BATCH, EVAL_SEED
 from ..errors import UserError
 from . import custom, results, scoring, tasks
 from .summary import bar, summary
@@ -46,9 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "humaneval, perplexity:<corpus>, forgetting, or a custom-task .yaml")
     p.add_argument("--limit", type=int, default=None, help="score a seeded, fixed sample of N items per task (same items for every model)")
     p.add_argument("--generation-limit", type=int, default=None, help="sample size for gsm8k/humaneval/custom generation tasks (default: --limit)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (and of sampling when --temperature > 0)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the --limit sample (and of sampling when --temperature > 0)")
     p.add_argument("--out", required=True, help="folder for results_<timestamp>.json and samples_<task>_<timestamp>.jsonl")
-    p.add_argument("--batch-size", type=int, default=8, help="items per forward pass (multiple choice) / sequences per batch (generation)")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH, help="items per forward pass (multiple choice) / sequences per batch (generation)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                    help="weights and compute: float32 (default; agrees with lm-eval to float rounding) or bfloat16 "
                         "(~1.6x faster on CPUs with AVX512-BF16; log-likelihoods move by ~0.1 nat, see README)")

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import allocator, models
+from .. import models
+from ..cpu import allocator
 from ..errors import UserError
 from . import custom, generation, gsm8k, multiple_choice, tasks
 

@@ -35,11 +35,12 @@ def analyze(base, checkpoint: Path, fraction: float = 0.9, k: int = 10, eps=(0.5
 
     `base_U` (a dict, possibly empty) caches the base weights' singular vectors across calls: they are
     most of the intruder cost and the same for every checkpoint of a base model."""
+    from .. import checkpoint as ckpt
     from . import intruders as intr
     from . import spectrum
 
     t0 = time.time()
-    tuned = spectrum.load_tuned(base, checkpoint)
+    tuned = ckpt.load(base, checkpoint, merge=False)
     deltas = spectrum.weight_deltas(base, tuned)
     if not deltas:
         raise UserError(f"{checkpoint}: no adapted linear weights found")

@@ -74,8 +74,6 @@ def main(args) -> int:
     results = []
     base_U: dict = {}  # the base's singular vectors: computed for the first checkpoint, reused after
     for ck in args.checkpoint:
-        if not Path(ck).is_dir():
-            raise UserError(f"{ck}: checkpoint folder does not exist")
         r = analyze(base, Path(ck), args.fraction, args.k, eps, not args.no_intruders, args.svd, base_U)
         results.append(r)
         print(f"\n{ck}  (spectrum {r['spectrum_seconds']:.1f} s" + (f", intruders {r['intruder_seconds']:.1f} s)" if "intruders" in r else ")"))

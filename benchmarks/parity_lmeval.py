@@ -41,7 +41,8 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from learnforget import allocator, models  # noqa: E402
+from learnforget import models  # noqa: E402
+from learnforget.cpu import allocator  # noqa: E402
 from learnforget.data import sources  # noqa: E402
 from learnforget.evaluate import runner, task, tasks  # noqa: E402
 from learnforget.evaluate.task import Settings  # noqa: E402

@@ -357,7 +357,7 @@ def section_spectrum(args) -> dict:
     t0 = time.perf_counter()
     if cks:
         source = str(cks[-1].relative_to(REPO))
-        tuned = spectrum.load_tuned(base, cks[-1])
+        tuned = checkpoint.load(base, cks[-1], merge=False)
     else:  # synthetic: base + a rank-8 update + small noise on every block linear weight
         source = "synthetic ΔW (rank 8 + noise) on the model's shapes"
         tuned = copy.deepcopy(base)

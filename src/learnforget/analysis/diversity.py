@@ -244,10 +244,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _tokens(checkpoint: str | None) -> int:
     """Training tokens of a checkpoint (from its manifest), 0 for the base model."""
-    if checkpoint is None:
+    from .. import checkpoint as ckpt
+
+    if checkpoint is None or not (Path(checkpoint) / ckpt.MANIFEST).exists():
         return 0
-    man = Path(checkpoint) / "manifest.json"
-    return int(json.loads(man.read_text()).get("tokens", 0)) if man.exists() else 0
+    return int(ckpt.manifest(checkpoint).get("tokens", 0))
 
 
 def main(args) -> int:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .. import onednn
+from ..cpu import onednn
 from .scoring import encode, in_batches
 
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from .. import allocator, models
+from .. import checkpoint, models
 from ..config import EVAL_BATCH, EVAL_SEED
+from ..cpu import allocator
 from ..errors import UserError
 from . import custom, results, scoring, tasks
 from .summary import bar, summary
@@ -108,31 +109,14 @@ def load_model(spec: str, checkpoint: str | None, dtype: str = "float32"):
     return model.to(DTYPES[dtype]), tok, info
 
 
-def _load_float32(spec: str, checkpoint: str | None):
-    info = {"model": spec, "checkpoint": checkpoint, "adapter_merged": False}
-    if checkpoint is None:
+def _load_float32(spec: str, checkpoint_dir: str | None):
+    info = {"model": spec, "checkpoint": checkpoint_dir, "adapter_merged": False}
+    if checkpoint_dir is None:
         model, tok = models.load(spec)
         return model, tok, info
-    ck = Path(checkpoint).expanduser()
-    if not ck.is_dir():
-        raise UserError(f"--checkpoint: {ck} does not exist or is not a folder")
-    if (ck / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base, tok = models.load(spec)
-        model = PeftModel.from_pretrained(base, str(ck)).merge_and_unload()
-        info["adapter_merged"] = True
-    elif (ck / "config.json").exists():
-        from transformers import AutoModelForCausalLM
-
-        if (ck / "tokenizer_config.json").exists() or (ck / "tokenizer.json").exists():
-            model, tok = models.load(str(ck))
-        else:  # a weights-only folder: the base model's tokenizer
-            _, tok = models.load(spec)
-            model = AutoModelForCausalLM.from_pretrained(str(ck), dtype=torch.float32)
-    else:
-        raise UserError(f"--checkpoint: {ck} has neither config.json (full model) nor adapter_config.json (LoRA adapter)")
-    return model, tok, info
+    model = checkpoint.load(spec, checkpoint_dir, merge=True)
+    info["adapter_merged"] = checkpoint.is_adapter(checkpoint_dir)
+    return model, checkpoint.tokenizer(spec, checkpoint_dir), info
 
 
 # ----------------------------------------------------------------------------- running

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import onednn
+from ..cpu import onednn
 from .task import ChoiceItem
 
 

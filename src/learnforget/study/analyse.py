@@ -93,7 +93,7 @@ def _weights(study: Study, root: Path, base, todo: list) -> None:
     an, base_U = study.analysis, {}
     for i, (r, ck) in enumerate(todo, 1):
         t0 = time.time()
-        tuned = spectrum.load_tuned(base, ck)
+        tuned = checkpoint.load(base, ck, merge=False)
         deltas = spectrum.weight_deltas(base, tuned)
         tokens = cache.tokens(ck)
         bad = [n for n, (_, d) in deltas.items() if not bool(torch.isfinite(d).all())]
@@ -111,16 +111,12 @@ def _weights(study: Study, root: Path, base, todo: list) -> None:
 
 
 def _diversity(study: Study, root: Path, base, tok, div_todo: list) -> None:
-    from ..analysis import spectrum
-
     d = study.analysis.diversity
     for i, (rid, ck, task) in enumerate(div_todo, 1):
         t0 = time.time()
         model = base
         if ck is not None:
-            model = spectrum.load_tuned(base, ck)
-            if hasattr(model, "merge_and_unload"):
-                model = model.merge_and_unload()  # same outputs, faster sampling
+            model = checkpoint.load(base, ck, merge=True)  # merged: same outputs, faster sampling
         cache.cached(cache.diversity_path(root, d, task, rid, ck),
                      lambda: div.run(model, tok, task, d.problems, d.samples, d.temperature, d.top_p, d.seed, d.batch_size,
                                      d.max_new_tokens))

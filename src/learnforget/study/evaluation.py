@@ -51,7 +51,6 @@ def evaluate_all(study: Study, root: Path, runs: list[PlannedRun]) -> None:
     from tqdm.auto import tqdm
 
     from .. import models
-    from ..analysis.spectrum import load_tuned
 
     heldout_todo = [r for r in cache.first_per_experiment(runs) if r.config.train.eval_tokens and not cache.heldout_path(root, r).exists()]
     todo = []
@@ -76,8 +75,6 @@ def evaluate_all(study: Study, root: Path, runs: list[PlannedRun]) -> None:
         if ck is None:
             cache.cached(path, lambda: _evaluate(base, tok, study, tasks))
         else:
-            model = load_tuned(base, ck)
-            merged = hasattr(model, "merge_and_unload")
-            if merged:
-                model = model.merge_and_unload()  # same numbers, faster scoring; recorded as adapter_merged
+            merged = checkpoint.is_adapter(ck)  # merged: same numbers, faster scoring; recorded as adapter_merged
+            model = checkpoint.load(base, ck, merge=True)
             cache.cached(path, lambda: {**_evaluate(model, tok, study, tasks), "_adapter_merged": merged})

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from learnforget.evaluate import multiple_choice as mc
-from learnforget.evaluate import runner, tasks
+from learnforget.evaluate import runner, task, tasks
+from learnforget.evaluate import scoring as mc
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,7 +48,7 @@ def main() -> int:
     report = {"command": " ".join(sys.argv), "model": args.model, "limit": args.limit, "seed": args.seed,
               "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(), "tasks": {}}
     for name in runner.parse_tasks(args.tasks):
-        items = tasks.sample(tasks.TASKS[name].load(), args.limit, args.seed, name)
+        items = task.sample(tasks.get(name).load(), args.limit, args.seed, name)
         ref, t32 = score(model, tok, items, args.batch_size)
         got, t16 = score(half, tok, items, args.batch_size)
         m32 = [mc.item_metrics(it, ll) for it, ll in zip(items, ref)]

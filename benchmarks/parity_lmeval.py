@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python benchmarks/parity_lmeval.py            # 200 items x 3 tasks, gsm8k 50 (both modes)
     nice -n 10 .venv/bin/python benchmarks/parity_lmeval.py --limit 20 --gsm8k-limit 4   # quick check
 
-How the items are made identical: our `--limit` sample (tasks.sample, seed 0) picks the item ids;
+How the items are made identical: our `--limit` sample (task.sample, seed 0) picks the item ids;
 the raw rows of exactly those items are written to JSONL files, and lm-eval reads them through
 task YAMLs that are copies of its own (hellaswag.yaml + utils.py, arc_easy.yaml, winogrande default.yaml
 + preprocess_winogrande.py, gsm8k.yaml) with only `dataset_path: json` + `data_files` and the task
@@ -18,7 +18,7 @@ lm-eval: HFLM(pretrained=<models.resolve(model)>, dtype --dtype (float32), batch
 simple_evaluate call per task, timed from the call to its return (model already loaded).
 Both sides share this process, so with --malloc tuned (the default, what `learnforget eval` sets)
 lm-eval gets the same malloc settings as ours.
-Ours: runner.run_choice / run_gsm8k on an already-loaded model, timed the same way; the time to
+Ours: runner.run_choice / tasks.gsm8k.run on an already-loaded model, timed the same way; the time to
 load the full benchmark from the wheel is reported separately.
 Results: benchmarks/results/parity-<date>.json and a printed table.
 """
@@ -41,8 +41,12 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from learnforget import allocator, models  # noqa: E402
-from learnforget.evaluate import gsm8k, runner, tasks  # noqa: E402
+from learnforget import models  # noqa: E402
+from learnforget.cpu import allocator  # noqa: E402
+from learnforget.data import sources  # noqa: E402
+from learnforget.evaluate import runner, task, tasks  # noqa: E402
+from learnforget.evaluate.task import Settings  # noqa: E402
+from learnforget.evaluate.tasks import gsm8k, olmo  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MC_TASKS = ["hellaswag", "arc_challenge", "winogrande"]
@@ -75,19 +79,19 @@ def write_task_files(tmp: Path, picked: dict[str, list[int]]) -> None:
     """JSONL rows of the picked items and lm-eval task YAMLs reading them (task names lf_<task>)."""
     src = lm_eval_tasks_dir()
     # HellaSwag: raw rows; lm-eval's own process_docs does the preprocessing.
-    rows = tasks._hf("hellaswag/none/validation")
+    rows = olmo.hf_rows("hellaswag/none/validation")
     f = _jsonl(tmp / "hellaswag.jsonl", [rows[i] for i in picked["hellaswag"]])
     shutil.copy(src / "hellaswag" / "utils.py", tmp / "utils.py")
     text = (src / "hellaswag" / "hellaswag.yaml").read_text().replace("task: hellaswag", "task: lf_hellaswag")
     (tmp / "lf_hellaswag.yaml").write_text(_json_source(text, "dataset_path: Rowan/hellaswag", {"validation": f}))
     # WinoGrande: raw rows + lm-eval's preprocess functions.
-    rows = tasks._hf("winogrande/winogrande_xl/validation")
+    rows = olmo.hf_rows("winogrande/winogrande_xl/validation")
     f = _jsonl(tmp / "winogrande.jsonl", [rows[i] for i in picked["winogrande"]])
     shutil.copy(src / "winogrande" / "preprocess_winogrande.py", tmp / "preprocess_winogrande.py")
     text = (src / "winogrande" / "default.yaml").read_text().replace("task: winogrande", "task: lf_winogrande")
     (tmp / "lf_winogrande.yaml").write_text(_json_source(text, "dataset_path: allenai/winogrande", {"validation": f}))
     # ARC-Challenge test: rebuild hub-shaped rows from the request file's docs.
-    docs = tasks._request_docs("arc_challenge/test_rc_5shot")
+    docs = sources.request_docs("arc_challenge", "test_rc_5shot")
     arc_rows = []
     for i in picked["arc_challenge"]:
         d = docs[i]
@@ -119,12 +123,12 @@ def pick(limit: int, gsm8k_limit: int, seed: int) -> tuple[dict[str, list[int]],
     """Indices (into the full sets) and our items, from our seeded --limit sample."""
     idx, items = {}, {}
     for name in MC_TASKS:
-        full = tasks.TASKS[name].load()
-        chosen = tasks.sample(list(range(len(full))), limit, seed, name)
+        full = tasks.get(name).load()
+        chosen = task.sample(list(range(len(full))), limit, seed, name)
         idx[name], items[name] = chosen, [full[i] for i in chosen]
-        assert [it.id for it in items[name]] == [it.id for it in tasks.sample(full, limit, seed, name)]
+        assert [it.id for it in items[name]] == [it.id for it in task.sample(full, limit, seed, name)]
     problems = gsm8k.load_problems("test")
-    idx["gsm8k"] = tasks.sample(list(range(len(problems))), gsm8k_limit, seed, "gsm8k")
+    idx["gsm8k"] = task.sample(list(range(len(problems))), gsm8k_limit, seed, "gsm8k")
     items["gsm8k"] = [problems[i] for i in idx["gsm8k"]]
     return idx, items
 
@@ -239,14 +243,14 @@ def main() -> int:
                     "limit": args.limit, "seed": args.seed, "lm_eval_batch_size": args.lm_eval_batch_size, "our_batch_size": args.batch_size,
                     "our_sampling_and_loading_seconds": round(load_seconds, 2), "tasks": {}}
     for name in MC_TASKS:
-        t = tasks.TASKS[name]
+        t = tasks.get(name)
         lm_times, our_times = [], []
         for rep in range(args.repeats):  # alternate the two, keep each one's fastest run: less noise from other load
             print(f"[parity] {name}: lm-eval (run {rep + 1}) ...", flush=True)
             _, theirs_rep, t_sec, t_cpu = run_lm_eval(lm, f"lf_{name}", tm)
             lm_times.append((t_sec, t_cpu))
             print(f"[parity] {name}: ours (run {rep + 1}) ...", flush=True)
-            ours_rep, o_sec, o_cpu = timed(lambda: runner.run_choice(model, tok, name, items[name], t.metrics, runner.PRIMARY[name],
+            ours_rep, o_sec, o_cpu = timed(lambda: runner.run_choice(model, tok, name, items[name], t.metrics, t.primary,
                                                                      t.source, args.batch_size))
             our_times.append((o_sec, o_cpu))
             if rep == 0:
@@ -275,7 +279,8 @@ def main() -> int:
         lm.batch_size_per_gpu = args.gen_batch_size
         _, theirs, t_sec, t_cpu = run_lm_eval(lm, f"lf_gsm8k_{mode}", tm, **kw)
         print(f"[parity] gsm8k {mode}: ours ...", flush=True)
-        ours, o_sec, o_cpu = timed(lambda: runner.run_gsm8k(model, tok, f"gsm8k:{mode}", args.gsm8k_limit, args.seed, args.gen_batch_size))
+        ours, o_sec, o_cpu = timed(lambda: gsm8k.run(model, tok, tasks.get(f"gsm8k:{mode}"),
+                                                       Settings(generation_limit=args.gsm8k_limit, seed=args.seed, batch_size=args.gen_batch_size)))
         assert [o["doc_id"] for o in ours["samples"]] == [p.id for p in items["gsm8k"]]
         cmp = compare_gsm8k(ours, theirs)
         cmp.update({"lm_eval_seconds": round(t_sec, 2), "our_seconds": round(o_sec, 2), "speed_ratio": round(t_sec / o_sec, 2),

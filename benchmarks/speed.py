@@ -18,7 +18,7 @@
              loads the model, tokenizer and rows: peak RSS (ru_maxrss) per configuration and its
              increase over the baseline's RSS do not pollute each other.
 2. generate  learnforget.evaluate.generation.generate vs plain `model.generate` (greedy, HF stop_strings)
-             on the same GSM8K prompts (runner.run_gsm8k's: tasks.sample seed 0, the tokenizer's default
+             on the same GSM8K prompts (tasks.gsm8k.run's: task.sample seed 0, the tokenizer's default
              mode), the same batches (8, longest first, left-padded), the same stop strings and max new
              tokens; new tokens = tokens of the returned completions (cut at the stop string).
 3. mfu       achieved FLOP/s of full fine-tuning, (6 N + 12 layers d_attn seq) x tokens/s (PaLM's
@@ -266,12 +266,13 @@ def section_generate(args) -> dict:
     import torch
 
     from learnforget import models
-    from learnforget.evaluate import generation, gsm8k, tasks
-    from learnforget.evaluate.multiple_choice import encode
+    from learnforget.evaluate import generation, task
+    from learnforget.evaluate.scoring import encode
+    from learnforget.evaluate.tasks import gsm8k
 
     model, tok = models.load(args.model)
     mode = gsm8k.default_mode(tok)
-    problems = tasks.sample(gsm8k.load_problems("test"), args.gen_prompts, 0, "gsm8k")
+    problems = task.sample(gsm8k.load_problems("test"), args.gen_prompts, 0, "gsm8k")
     shots = gsm8k.load_problems("train")[:gsm8k.N_SHOTS] if mode == "5shot" else []
     prompts = [gsm8k.prompt(p, mode, tok, shots) for p in problems]
     stop, B, new = gsm8k.stop_strings(tok), args.gen_batch, args.max_new_tokens
@@ -356,7 +357,7 @@ def section_spectrum(args) -> dict:
     t0 = time.perf_counter()
     if cks:
         source = str(cks[-1].relative_to(REPO))
-        tuned = spectrum.load_tuned(base, cks[-1])
+        tuned = checkpoint.load(base, cks[-1], merge=False)
     else:  # synthetic: base + a rank-8 update + small noise on every block linear weight
         source = "synthetic ΔW (rank 8 + noise) on the model's shapes"
         tuned = copy.deepcopy(base)

@@ -8,7 +8,7 @@ import pytest
 
 PROBE = """
 import resource, torch
-from learnforget import allocator
+from learnforget.cpu import allocator
 tuned = allocator.tune()
 for i in range(20):
     if i == 10:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from learnforget import models
+from learnforget import checkpoint, models
 from learnforget.analysis import intruders as intr
 from learnforget.analysis import spectrum as sp
 from learnforget.errors import UserError
@@ -178,29 +178,36 @@ def test_dora_delta_is_merged_minus_base(base):
         assert torch.allclose(w + d, merged.model.layers[i].self_attn.v_proj.weight, atol=1e-5)
 
 
-def test_load_tuned(base, tmp_path):
+def test_checkpoint_load(base, tmp_path):
     peft = _lora(base, 2)
     peft.save_pretrained(tmp_path / "adapter")
     full = _perturbed(base, lambda n, w: 0.01 * w)
     full.save_pretrained(tmp_path / "full")
-    assert sp.is_adapter_dir(tmp_path / "adapter") and not sp.is_adapter_dir(tmp_path / "full")
+    assert checkpoint.is_adapter(tmp_path / "adapter") and not checkpoint.is_adapter(tmp_path / "full")
 
-    loaded = sp.load_tuned(base, tmp_path / "adapter")
+    loaded = checkpoint.load(base, tmp_path / "adapter", merge=False)
     assert isinstance(loaded, PeftModel)
     want, got = sp.weight_deltas(base, peft), sp.weight_deltas(base, loaded)
     assert want.keys() == got.keys()
     assert all(torch.allclose(want[n][1], got[n][1]) for n in want)
     # The caller's base model was copied, not wrapped in place.
     assert not any("lora_" in n for n, _ in base.named_modules())
+    merged = checkpoint.load(base, tmp_path / "adapter", merge=True)  # evaluation's: the adapter folded into W
+    assert not isinstance(merged, PeftModel) and not any("lora_" in n for n, _ in merged.named_modules())
+    d = sp.weight_deltas(base, merged)
+    assert all(torch.allclose(want[n][1], d[n][1], atol=1e-6) for n in want)
+    assert not any("lora_" in n for n, _ in base.named_modules())
 
-    loaded = sp.load_tuned(base, tmp_path / "full")
+    loaded = checkpoint.load(base, tmp_path / "full", merge=False)
     assert not isinstance(loaded, PeftModel)
     d = sp.weight_deltas(base, loaded)["layers.0.self_attn.q_proj"][1]
     assert torch.allclose(d, 0.01 * base.model.layers[0].self_attn.q_proj.weight, atol=1e-6)
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError):
-        sp.load_tuned(base, tmp_path / "empty")
+    with pytest.raises(UserError, match="neither config.json"):
+        checkpoint.load(base, tmp_path / "empty", merge=False)
+    with pytest.raises(UserError, match="does not exist"):
+        checkpoint.load(base, tmp_path / "missing", merge=False)
 
 
 # ---------------------------------------------------------------- intruder dimensions

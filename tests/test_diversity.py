@@ -1,4 +1,4 @@
-"""Diversity of sampled solutions (analysis/diversity.py) and the study's analysis stage (study_analysis.py):
+"""Diversity of sampled solutions (analysis/diversity.py) and the study's analysis stage (study/analyse.py):
 numbers on stub samples whose answer is known, the unbiased pass@k against brute force, nucleus sampling,
 the CLI, and spectrum / intruders / diversity rows that the report turns into findings (f) and (g)."""
 
@@ -8,10 +8,12 @@ from math import comb
 
 import pytest
 
-from learnforget import cli, models, report, study, study_analysis
+from learnforget import cli, config, models, report
+from learnforget.study import analyse, plan
 from learnforget.analysis import diversity as div
 from learnforget.errors import UserError
-from learnforget.evaluate import generation, gsm8k, humaneval
+from learnforget.evaluate import generation
+from learnforget.evaluate.tasks import gsm8k, humaneval
 
 from test_study import write_study
 
@@ -75,7 +77,7 @@ def test_gsm8k_stub_numbers_are_exact():
 
 
 def test_run_with_a_fake_generator_uses_the_shared_problem_sample():
-    from learnforget.evaluate import tasks
+    from learnforget.evaluate import task as tasks
 
     problems = tasks.sample(humaneval.load_problems(), 2, 5, "humaneval")
     canonical = {p["prompt"]: p["canonical_solution"] for p in problems}
@@ -99,9 +101,9 @@ def test_bad_options_are_named():
     with pytest.raises(UserError, match="--top-p must be in"):
         div.validate("humaneval", 2, 4, 0.8, 1.5)
     with pytest.raises(UserError, match="analysis.diversity.problems must be an integer"):
-        study_analysis.DiversitySpec(problems=0)
+        plan.check_diversity(config.DiversitySpec(problems=0))
     with pytest.raises(UserError, match="analysis.diversity: unknown field"):
-        study_analysis.AnalysisSpec(diversity={"sample": 3})
+        config.AnalysisSpec(diversity={"sample": 3})
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +180,8 @@ def test_study_analysis_rows_feed_findings_f_and_g(code_corpus, tmp_path, monkey
     assert "Intruder dimensions" in page and "Diversity of sampled solutions" in page
     assert (root / "report" / "spectrum.png").read_bytes()[:4] == b"\x89PNG"
     # a second run finds everything cached: nothing is recomputed
-    monkeypatch.setattr(study_analysis.div, "run", lambda *a, **k: pytest.fail("diversity recomputed"))
-    monkeypatch.setattr(study_analysis, "_spectrum_rows", lambda *a, **k: pytest.fail("spectrum recomputed"))
+    monkeypatch.setattr(analyse.div, "run", lambda *a, **k: pytest.fail("diversity recomputed"))
+    monkeypatch.setattr(analyse, "_spectrum_rows", lambda *a, **k: pytest.fail("spectrum recomputed"))
     capsys.readouterr()
     assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
     assert "[study] analysis" not in capsys.readouterr().out
@@ -187,12 +189,12 @@ def test_study_analysis_rows_feed_findings_f_and_g(code_corpus, tmp_path, monkey
 
 
 def test_study_without_analysis_has_no_analysis_key(code_corpus, tmp_path):
-    s = study.load(write_study(tmp_path, code_corpus))
+    s = plan.load(write_study(tmp_path, code_corpus))
     assert s.analysis is None
-    s = study.load(write_study(tmp_path, code_corpus, analysis={"diversity": True}))
+    s = plan.load(write_study(tmp_path, code_corpus, analysis={"diversity": True}))
     assert s.analysis.diversity.task_for("code") == "humaneval" and s.analysis.diversity.task_for("math") == "gsm8k"
     with pytest.raises(UserError, match="analysis.svd"):
-        study.load(write_study(tmp_path, code_corpus, analysis={"svd": "qr"}))
+        plan.load(write_study(tmp_path, code_corpus, analysis={"svd": "qr"}))
 
 
 def test_analysis_skips_a_diverged_run(code_corpus, tmp_path, capsys):

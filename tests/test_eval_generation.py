@@ -42,8 +42,15 @@ def test_truncate_at_stop_takes_earliest():
     assert generation.truncate_at_stop("abc", []) == "abc"
 
 
-def test_sampling_is_seeded(tiny):
+def test_sampling_is_seeded_and_samples(tiny):
+    """Same seed, same completions; but at temperature > 0 it really samples: other seeds give other
+    completions, and they differ from greedy (a generator that ignored temperature would fail both)."""
     model, tok = tiny
-    a = generation.generate(model, tok, PROMPTS, stop=[], max_new_tokens=12, batch_size=4, temperature=1.0, seed=3)
-    b = generation.generate(model, tok, PROMPTS, stop=[], max_new_tokens=12, batch_size=4, temperature=1.0, seed=3)
+    run = lambda **kw: generation.generate(model, tok, PROMPTS, stop=[], max_new_tokens=12, batch_size=4, **kw)
+    a, b = run(temperature=1.0, seed=3), run(temperature=1.0, seed=3)
     assert a == b
+    greedy = run()
+    others = [run(temperature=1.0, seed=s) for s in (4, 5)]
+    assert all(o != a for o in others)  # a random model's next-token distribution is wide: 12 tokens x 4 prompts never coincide
+    assert a != greedy and all(o != greedy for o in others)
+    assert run(temperature=1.0, seed=3, top_p=1e-9) == greedy  # a nucleus of one token is greedy again

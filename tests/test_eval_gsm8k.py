@@ -2,7 +2,7 @@
 
 import pytest
 
-from learnforget.evaluate import gsm8k
+from learnforget.evaluate.tasks import gsm8k
 
 GOLD = "She pays 3 * $1,000 = $<<3*1000=3000>>3,000.\n#### 3000"
 

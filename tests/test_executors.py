@@ -10,7 +10,8 @@ import pytest
 import ray
 from test_study import write_study
 
-from learnforget import cli, executors, study
+from learnforget import cli, config
+from learnforget.study import executors, plan
 from learnforget.errors import UserError
 
 VOLATILE = ("created", "tokens_per_s", "peak_rss_mb", "wall", "seconds", "elapsed")
@@ -67,30 +68,30 @@ def test_a_failing_run_is_named_and_the_others_finish(code_corpus, tmp_path, ray
 
 
 def test_missing_ray_is_a_clear_error(code_corpus, tmp_path, monkeypatch):
-    s = study.load(write_study(tmp_path, code_corpus, methods=TWO_RUNS))
+    s = plan.load(write_study(tmp_path, code_corpus, methods=TWO_RUNS))
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(UserError, match=r'pip install "learnforget\[ray\]"'):
-        executors.train_ray(study.expand(s, tmp_path / "out"), s.executor)
+        executors.train_ray(plan.expand(s, tmp_path / "out"), s.executor)
 
 
 @pytest.mark.parametrize("mapping, message", [
     ({"num_cpus": 0}, r"executor.num_cpus: must be > 0"),
     ({"num_gpus": -1}, r"executor.num_gpus: must be >= 0"),
-    ({"num_cpus": "two"}, r"executor.num_cpus: a number"),
+    ({"num_cpus": "two"}, r"study.yaml:\d+: executor.num_cpus: expected a number, got .two."),
     ({"gpus": 1}, r"executor: unknown field\(s\) \['gpus'\]"),
 ])
 def test_bad_executor_mapping(code_corpus, tmp_path, mapping, message):
     with pytest.raises(UserError, match=message):
-        study.load(write_study(tmp_path, code_corpus, executor=mapping))
+        plan.load(write_study(tmp_path, code_corpus, executor=mapping))
 
 
 def test_executor_resources_load(code_corpus, tmp_path):
-    s = study.load(write_study(tmp_path, code_corpus, executor={"num_cpus": 2, "num_gpus": 1, "memory_gb": 8}))
+    s = plan.load(write_study(tmp_path, code_corpus, executor={"num_cpus": 2, "num_gpus": 1, "memory_gb": 8}))
     assert (s.executor.num_cpus, s.executor.num_gpus, s.executor.memory_gb) == (2, 1, 8)
-    assert study.load(write_study(tmp_path, code_corpus)).executor == executors.ExecutorSpec()
+    assert plan.load(write_study(tmp_path, code_corpus)).executor == config.ExecutorSpec()
 
 
 def test_a_cluster_needs_an_absolute_study_folder(code_corpus, tmp_path):
-    s = study.load(write_study(tmp_path, code_corpus, methods=TWO_RUNS))
+    s = plan.load(write_study(tmp_path, code_corpus, methods=TWO_RUNS))
     with pytest.raises(UserError, match="give --out as an absolute path"):
-        executors.train_ray(study.expand(s, Path("runs/studies/tiny")), s.executor, address="auto")
+        executors.train_ray(plan.expand(s, Path("runs/studies/tiny")), s.executor, address="auto")

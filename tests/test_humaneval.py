@@ -9,7 +9,7 @@ from itertools import combinations
 
 import pytest
 
-from learnforget.evaluate.humaneval import (
+from learnforget.evaluate.tasks.humaneval import (
     STOP_SEQUENCES,
     load_problems,
     pass_at_k,
@@ -134,7 +134,7 @@ def test_instruct_mode_is_lm_evals_humaneval_instruct(problems):
     with the prompt in a code block; the body ends at the closing fence. A model answering with the canonical
     body, the fence and prose passes; plain mode keeps the bare prompt and the five stop sequences."""
     from learnforget import models
-    from learnforget.evaluate import humaneval
+    from learnforget.evaluate.tasks import humaneval
 
     _, tok = models.load("tiny-random-llama")  # has a chat template
     p = problems[2]

@@ -5,10 +5,13 @@ head, IFT labels, evaluation), and LoRA's MaskDropout drops at rate p and rescal
 import pytest
 import torch
 
-from learnforget import methods, models
+from learnforget import models
 from learnforget.config import MethodConfig
-from learnforget.methods import MaskDropout
-from learnforget.evaluate.perplexity import IGNORE, linear_cross_entropy, mean_loss, token_losses
+from learnforget.data.corpora import IGNORE
+from learnforget.evaluate.perplexity import mean_loss
+from learnforget.loss import linear_cross_entropy, token_losses
+from learnforget.train import methods
+from learnforget.train.methods import MaskDropout
 
 
 def batch(seed=0, rows=3, length=40, ift=False):

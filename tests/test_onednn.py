@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from learnforget import models, onednn
+from learnforget import models
+from learnforget.cpu import onednn
 
 pytestmark = pytest.mark.skipif(not onednn.available(torch.nn.Linear(2, 2)), reason="PyTorch built without oneDNN")
 

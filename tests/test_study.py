@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from learnforget import cli, study
+from learnforget import cli
+from learnforget.study import cost, plan
 from learnforget.errors import UserError
 
 
@@ -27,32 +28,32 @@ def write_study(tmp_path: Path, corpus: Path, **over) -> Path:
 
 
 def test_grid_expands_and_ids_are_stable(code_corpus, tmp_path):
-    s = study.load(write_study(tmp_path, code_corpus))
-    runs = study.expand(s, tmp_path / "out")
+    s = plan.load(write_study(tmp_path, code_corpus))
+    runs = plan.expand(s, tmp_path / "out")
     assert [r.config.method.label() for r in runs] == ["full", "lora-r2-all", "lora-r4-all"]
     assert [r.family for r in runs] == ["full", "lora", "lora"]
-    again = study.expand(study.load(write_study(tmp_path, code_corpus)), tmp_path / "out")
+    again = plan.expand(plan.load(write_study(tmp_path, code_corpus)), tmp_path / "out")
     assert [r.id for r in runs] == [r.id for r in again]
     # adding one rank adds one run and leaves the others' ids (and so their cache) alone
-    more = study.load(write_study(tmp_path, code_corpus, methods=[{"method": "full", "lr": [1e-3]},
+    more = plan.load(write_study(tmp_path, code_corpus, methods=[{"method": "full", "lr": [1e-3]},
                                                                    {"method": "lora", "rank": [2, 4, 8], "targets": "all", "lr": [1e-2]}]))
-    ids = [r.id for r in study.expand(more, tmp_path / "out")]
+    ids = [r.id for r in plan.expand(more, tmp_path / "out")]
     assert len(ids) == 4 and set(r.id for r in runs) <= set(ids)
 
 
 def test_bad_study_files(tmp_path, code_corpus):
     with pytest.raises(UserError, match="no such study file"):
-        study.load(tmp_path / "missing.yaml")
+        plan.load(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: m\nexperiments: []\n")
     with pytest.raises(UserError, match="missing field 'methods'"):
-        study.load(bad)
+        plan.load(bad)
     p = write_study(tmp_path, code_corpus, methods=[{"method": "full"}])
     with pytest.raises(UserError, match=r"methods\[0\]: missing field 'lr'"):
-        study.load(p)
+        plan.load(p)
     p = write_study(tmp_path, code_corpus, experiments=[{"name": "e", "regime": "cpt", "domain": "code", "data": "x", "tokenz": 5}])
     with pytest.raises(UserError, match="unknown field.*tokenz"):
-        study.load(p)
+        plan.load(p)
 
 
 def test_extends_merges_mappings_and_keeps_the_runs(code_corpus, tmp_path):
@@ -60,18 +61,18 @@ def test_extends_merges_mappings_and_keeps_the_runs(code_corpus, tmp_path):
     (tmp_path / "sub").mkdir()
     more = tmp_path / "sub" / "more.yaml"
     more.write_text("extends: ../study.yaml\nanalysis: {intruders: true}\neval: {limit: 7}\n")
-    s, b = study.load(more), study.load(base)
+    s, b = plan.load(more), plan.load(base)
     assert s.analysis.spectrum and s.analysis.intruders and not b.analysis.intruders  # mappings merge
     assert s.eval.limit == 7 and s.eval.heldout_tokens == b.eval.heldout_tokens == 128
-    assert s.name == b.name and [r.id for r in study.expand(s, tmp_path)] == [r.id for r in study.expand(b, tmp_path)]
+    assert s.name == b.name and [r.id for r in plan.expand(s, tmp_path)] == [r.id for r in plan.expand(b, tmp_path)]
     loop = tmp_path / "loop.yaml"
     loop.write_text("extends: loop.yaml\n")
     with pytest.raises(UserError, match="extends itself"):
-        study.load(loop)
+        plan.load(loop)
     gone = tmp_path / "gone.yaml"
     gone.write_text("extends: nowhere.yaml\n")
     with pytest.raises(UserError, match=r"nowhere.yaml: no such study file \(extended by .*gone.yaml\)"):
-        study.load(gone)
+        plan.load(gone)
 
 
 def test_study_runs_caches_and_reports(code_corpus, tmp_path, capsys):
@@ -100,11 +101,11 @@ def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys, monkeypatch):
     assert "3 runs; estimated training time" in out and "TFLOP" in out
     assert not (tmp_path / "s").exists()
     # the estimate counts the held-out scoring at every checkpoint: the same forward cost for every method
-    monkeypatch.setattr(study, "measure_matmul_flops", lambda seconds=1.0: 1e11)
-    s = study.load(write_study(tmp_path, code_corpus))
-    with_eval = study.dry_run(s, study.expand(s, tmp_path))
-    s = study.load(write_study(tmp_path, code_corpus, eval={"heldout_tokens": 0, "forgetting": [], "general": None}))
-    without = study.dry_run(s, study.expand(s, tmp_path))
+    monkeypatch.setattr(cost, "measure_matmul_flops", lambda seconds=1.0: 1e11)
+    s = plan.load(write_study(tmp_path, code_corpus))
+    with_eval = cost.dry_run(s, plan.expand(s, tmp_path))
+    s = plan.load(write_study(tmp_path, code_corpus, eval={"heldout_tokens": 0, "forgetting": [], "general": None}))
+    without = cost.dry_run(s, plan.expand(s, tmp_path))
     extra = [a["est_seconds"] - b["est_seconds"] for a, b in zip(with_eval, without)]
     assert extra[0] > 0 and extra == pytest.approx([extra[0]] * 3)
 

@@ -68,11 +68,73 @@ def test_lora_checkpoint_loads_with_peft(code_corpus, tmp_path):
         assert not torch.allclose(tuned(x).logits, before)
 
 
-@pytest.mark.parametrize("variant", [["--rslora"], ["--dora"], ["--init", "pissa"], ["--loraplus-ratio", "16"]])
-def test_lora_variants_train(code_corpus, tmp_path, variant):
+def _variant_run(corpus, tmp_path, *variant):
+    """One step of LoRA r2 from B = 0: its adapter_config.json and adapter weights."""
+    from safetensors.torch import load_file
+
     out = tmp_path / "v"
-    summary = train(args(code_corpus, out, "--method", "lora", "--rank", "2", "--lr", "1e-3", "--tokens", "256", *variant))
-    assert summary["status"] == "done" and len(checkpoint.complete(out)) == 1
+    summary = train(args(corpus, out, "--method", "lora", "--rank", "2", "--lr", "1e-3", "--tokens", "256", *variant))
+    assert summary["status"] == "done" and summary["plan"]["total_steps"] == 1
+    ck = checkpoint.complete(out)[-1]
+    return out, ck, json.loads((ck / "adapter_config.json").read_text()), load_file(ck / "adapter_model.safetensors")
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r(code_corpus, tmp_path):
+    from peft import PeftModel
+
+    _, ck, cfg, _ = _variant_run(code_corpus, tmp_path, "--rslora")
+    assert cfg["use_rslora"] is True and cfg["r"] == 2 and cfg["lora_alpha"] == 4
+    tuned = PeftModel.from_pretrained(models.load("tiny-random-llama")[0], ck)
+    q = tuned.base_model.model.model.layers[0].self_attn.q_proj
+    assert q.scaling["default"] == pytest.approx(4 / 2 ** 0.5)  # plain LoRA: alpha / r = 2
+
+
+def test_dora_saves_magnitude_vectors(code_corpus, tmp_path):
+    _, _, cfg, weights = _variant_run(code_corpus, tmp_path, "--dora")
+    assert cfg["use_dora"] is True
+    magnitudes = [k for k in weights if "lora_magnitude_vector" in k]
+    assert len(magnitudes) == 4 * 7  # one per adapted module: 4 layers x all 7 linear types
+
+
+def test_pissa_starts_from_the_principal_singular_vectors(code_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    out, _, cfg, _ = _variant_run(code_corpus, tmp_path, "--init", "pissa")
+    assert cfg["r"] == 4  # converted back to plain LoRA on the original base: rank 2r
+    init = json.loads((out / "pissa-init" / "adapter_config.json").read_text())
+    w0 = load_file(out / "pissa-init" / "adapter_model.safetensors")
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    ba = w0[f"{prefix}.lora_B.weight"] @ w0[f"{prefix}.lora_A.weight"] * init["lora_alpha"] / init["r"]
+    # the initial adapter is the base weight's best rank-2 part (default init: B = 0, so BA = 0)
+    W = models.load("tiny-random-llama")[0].model.layers[0].self_attn.q_proj.weight.detach()
+    assert torch.allclose(ba, _top_rank(W, 2), atol=1e-5)
+
+
+def _top_rank(W, r):
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    return U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]
+
+
+@pytest.mark.parametrize("ratio", [None, 16])
+def test_loraplus_gives_b_ratio_times_the_learning_rate(code_corpus, tmp_path, ratio):
+    # Adam's first step moves every weight with a nonzero gradient by its learning rate (m / sqrt(v) = ±1),
+    # and B starts at 0: after one step max |B| is B's learning rate.
+    _, _, _, weights = _variant_run(code_corpus, tmp_path, *(["--loraplus-ratio", str(ratio)] if ratio else []))
+    b = max(float(w.abs().max()) for k, w in weights.items() if "lora_B" in k)
+    assert b == pytest.approx((ratio or 1) * 1e-3, rel=1e-3)
+
+
+def test_loraplus_optimizer_groups():
+    from learnforget.config import MethodConfig, TrainConfig
+    from learnforget.train import methods
+
+    method = MethodConfig(method="lora", rank=2, loraplus_ratio=16)
+    model = methods.apply(models.load("tiny-random-llama")[0], method)
+    opt = methods.optimizer(model, method, TrainConfig(lr=1e-3, tokens=256))
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert {lr for n, lr in lr_of.items() if "lora_B" in n} == {16e-3}
+    assert {lr for n, lr in lr_of.items() if "lora_A" in n} == {1e-3}
 
 
 def test_ift_epochs_budget(qa_jsonl, tmp_path):

@@ -7,14 +7,24 @@ Layout of one checkpoint (`<run>/checkpoints/tokens-000025000/`):
   resume/                             accelerate state: optimizer, scheduler, RNG, weights
   manifest.json                       written last, before the rename: tokens, step, files and sizes
 A folder without manifest.json, or still named `.tmp-*`, is never read.
+
+`load` is the one way back from such a folder (or any full-model / PEFT-adapter folder) to a model:
+evaluation merges an adapter, analysis keeps it separate.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import models
+from .errors import UserError
 
 MANIFEST = "manifest.json"
 
@@ -89,3 +99,47 @@ def drop_resume(path: Path) -> None:
 
 def manifest(path: Path) -> dict:
     return json.loads((Path(path) / MANIFEST).read_text())
+
+
+# ---------------------------------------------------------------- loading
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A PEFT adapter folder is recognised by its adapter_config.json."""
+    return (Path(path).expanduser() / "adapter_config.json").is_file()
+
+
+def load(base: str | nn.Module, checkpoint_dir: str | Path, merge: bool) -> nn.Module:
+    """The model in a checkpoint folder, float32, in eval mode.
+
+    A full model (config.json) loads on its own: `base` is not used. A PEFT adapter (adapter_config.json)
+    loads onto `base`, a model spec for `models.load` or a loaded model; a passed model is deep-copied
+    first, because PEFT injects its layers in place and callers usually still need the untouched base.
+    The result is a PeftModel, or with `merge` the plain model with the adapter merged into its weights
+    (the same outputs, without the adapter's extra matmuls)."""
+    path = Path(checkpoint_dir).expanduser()
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} does not exist or is not a folder")
+    if is_adapter(path):
+        from peft import PeftModel
+
+        model = copy.deepcopy(base) if isinstance(base, nn.Module) else models.load(base)[0]
+        tuned = PeftModel.from_pretrained(model, str(path))
+        return (tuned.merge_and_unload() if merge else tuned).eval()
+    if not (path / "config.json").is_file():
+        raise UserError(f"checkpoint {path} has neither config.json (full model) nor adapter_config.json (LoRA adapter)")
+    from transformers import AutoModelForCausalLM
+
+    # fp32 whatever the checkpoint's dtype: ΔW is a small difference, and evaluation casts only afterwards
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    except OSError as e:
+        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def tokenizer(base: str, checkpoint_dir: str | Path):
+    """The tokenizer to use with a checkpoint: a full model's own if the folder has one, else the base's."""
+    path = Path(checkpoint_dir).expanduser()
+    if not is_adapter(path) and any((path / f).exists() for f in ("tokenizer_config.json", "tokenizer.json")):
+        return models.tokenizer(str(path))
+    return models.tokenizer(base)

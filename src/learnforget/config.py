@@ -1,30 +1,48 @@
-"""Typed, validated run configuration. Every field carries its help text; __post_init__ checks it.
+"""Typed, validated configuration: every spec of a run and of a study, with the defaults the verbs share.
 
-A run is (model, data, method, train). The CLI builds these from its options, the study builds them
-from YAML; both end here, so validation lives in one place and errors read the same.
+A run is (model, data, method, train); a study adds experiments, evaluation, analysis and executor specs.
+The CLI builds these from its options, the study from YAML (validate.build); both end here, so every
+field carries its help text and type, and errors read the same: each spec's __post_init__ checks its
+fields' types (validate.check_fields) and then its ranges.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional, Union
 
 from .errors import UserError
+from .validate import build, check_fields
 
 TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "mlp": ["gate_proj", "up_proj", "down_proj"],
     "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+# Defaults shared by the study and the verbs (`learnforget eval`, `learnforget analyze`): one value each.
+EVAL_SEED = 1234  # seed of the fixed item sample of every benchmark task
+EVAL_BATCH = 16  # items per forward pass (multiple choice) / sequences per batch (generation)
+SVD_METHOD = "gram"  # spectrum: eigenvalues of the Gram matrix (~2x faster than svdvals; rank@90% is unaffected)
+FORGETTING_DEFAULT = ["hellaswag", "winogrande", "arc_challenge"]  # the paper's three
+LEARNING_TASK = {"code": "humaneval", "math": "gsm8k"}  # per domain: the learning task (the paper's)
 
 
 def _help(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
 @dataclass
 class DataSpec:
     source: str = _help("embedded name (python-code, math-text, math-train, gsm8k-train, mbpp-train), file, folder, glob or hub id")
-    regime: str = _help("cpt: packed documents, loss on all tokens; ift: prompt/response, loss on the response only", default="cpt")
+    regime: Literal["cpt", "ift"] = _help("cpt: packed documents, loss on all tokens; ift: prompt/response, loss on the response only", default="cpt")
     seq_len: int = _help("tokens per training row", default=512)
     heldout_fraction: float = _help("fraction of documents held out (by id hash) for held-out loss", default=0.05)
     text_field: str = _help("JSONL/hub field with the document text (CPT)", default="text")
@@ -32,46 +50,37 @@ class DataSpec:
     response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
 
     def __post_init__(self):
-        if self.regime not in ("cpt", "ift"):
-            raise UserError(f"data.regime: must be 'cpt' or 'ift', got '{self.regime}'")
-        if self.seq_len < 8:
-            raise UserError(f"data.seq_len: must be at least 8, got {self.seq_len}")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise UserError(f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
+        check_fields(self, "data.")
+        _need(self.seq_len >= 8, f"data.seq_len: must be at least 8, got {self.seq_len}")
+        _need(0.0 <= self.heldout_fraction < 1.0, f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
 
 
 @dataclass
 class MethodConfig:
-    method: str = _help("full: every weight trains; lora: low-rank adapters (PEFT), base frozen", default="full")
+    method: Literal["full", "lora"] = _help("full: every weight trains; lora: low-rank adapters (PEFT), base frozen", default="full")
     rank: int = _help("LoRA rank r (the paper: 16, 64, 256)", default=16)
-    alpha: float | None = _help("LoRA alpha; default 2*rank, as in the paper", default=None)
+    alpha: Optional[float] = _help("LoRA alpha; default 2*rank, as in the paper", default=None)
     dropout: float = _help("LoRA dropout (the paper: 0.05)", default=0.05)
     targets: str = _help("attention (q,k,v,o) | mlp (gate,up,down) | all | comma list of module names", default="all")
     rslora: bool = _help("rank-stabilised scaling alpha/sqrt(r) instead of alpha/r", default=False)
     dora: bool = _help("weight-decomposed LoRA (DoRA); slower", default=False)
-    init: str = _help("default (B=0, A Kaiming) | pissa (principal singular vectors; changes the base)", default="default")
-    loraplus_ratio: float | None = _help("LoRA+: learning rate of B = ratio * lr (e.g. 16); None = off", default=None)
+    init: Literal["default", "pissa"] = _help("default (B=0, A Kaiming) | pissa (principal singular vectors; changes the base)", default="default")
+    loraplus_ratio: Optional[float] = _help("LoRA+: learning rate of B = ratio * lr (e.g. 16); None = off", default=None)
     attention_dropout: float = _help("full fine-tuning regularizer baseline: dropout on attention probabilities", default=0.0)
 
     def __post_init__(self):
-        if self.method not in ("full", "lora"):
-            raise UserError(f"method: must be 'full' or 'lora', got '{self.method}'")
+        check_fields(self)
         if self.method == "lora":
-            if self.rank < 1:
-                raise UserError(f"rank: must be >= 1, got {self.rank}")
+            _need(self.rank >= 1, f"rank: must be >= 1, got {self.rank}")
             if self.alpha is None:
                 self.alpha = 2.0 * self.rank
-            if self.init not in ("default", "pissa"):
-                raise UserError(f"init: must be 'default' or 'pissa', got '{self.init}'")
-            if not 0.0 <= self.dropout < 1.0:
-                raise UserError(f"dropout: must be in [0, 1), got {self.dropout}")
+            _need(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
 
     def target_modules(self) -> list[str]:
         if self.targets in TARGET_PRESETS:
             return TARGET_PRESETS[self.targets]
         names = [t.strip() for t in self.targets.split(",") if t.strip()]
-        if not names:
-            raise UserError("targets: empty module list")
+        _need(bool(names), "targets: empty module list")
         return names
 
     def label(self) -> str:
@@ -84,19 +93,19 @@ class MethodConfig:
 @dataclass
 class TrainConfig:
     lr: float = _help("peak learning rate (the paper: full 1e-5..5e-5, LoRA ~10x higher)", default=2e-5)
-    tokens: int | None = _help("token budget (CPT); checkpoints are token counts", default=None)
-    epochs: float | None = _help("epoch budget (IFT); checkpoints are epochs", default=None)
+    tokens: Optional[int] = _help("token budget (CPT); checkpoints are token counts", default=None)
+    epochs: Optional[float] = _help("epoch budget (IFT); checkpoints are epochs", default=None)
     checkpoints: list[float] = _help("budgets at which to save (tokens, or epochs when epochs is set); the last is the budget", default_factory=list)
     batch_tokens: int = _help("global batch in tokens (all processes, all accumulation steps)", default=4096)
     micro_batch: int = _help("rows per forward pass per process; lower saves memory (SmolLM2 full FT, 4 x 512 tokens a "
                              "step: 3.9 GB peak at 1 vs Trainer's one 4-row pass 6.7 GB, benchmarks/speed.py); raise it on GPUs", default=1)
-    optimizer: str = _help("adamw | lion (the paper's LionW)", default="adamw")
+    optimizer: Literal["adamw", "lion"] = _help("adamw | lion (the paper's LionW)", default="adamw")
     betas: tuple[float, float] = _help("optimizer betas (the paper: 0.9, 0.95)", default=(0.9, 0.95))
     weight_decay: float = _help("decoupled weight decay", default=0.0)
     warmup: float = _help("warm-up as a fraction of steps, then cosine decay to 0", default=0.1)
     grad_clip: float = _help("max global gradient norm; 0 = off", default=1.0)
     gradient_checkpointing: bool = _help("recompute activations in backward: less memory, ~30% slower", default=False)
-    precision: str = _help("auto (bf16 where the hardware has it natively, else fp32) | fp32 | bf16", default="auto")
+    precision: Literal["auto", "fp32", "bf16"] = _help("auto (bf16 where the hardware has it natively, else fp32) | fp32 | bf16", default="auto")
     seed: int = _help("seed for init, data order and dropout: same seed, same run", default=0)
     eval_tokens: int = _help("held-out tokens scored at each checkpoint (0 = none)", default=16384)
     eval_batch: int = _help("rows per held-out forward pass", default=8)
@@ -105,24 +114,16 @@ class TrainConfig:
     log_every: int = _help("steps between metric log lines", default=1)
 
     def __post_init__(self):
-        if (self.tokens is None) == (self.epochs is None):
-            raise UserError("give exactly one budget: --tokens (CPT) or --epochs (IFT)")
-        if self.optimizer not in ("adamw", "lion"):
-            raise UserError(f"optimizer: must be 'adamw' or 'lion', got '{self.optimizer}'")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UserError(f"precision: must be auto, fp32 or bf16, got '{self.precision}'")
-        if self.lr <= 0:
-            raise UserError(f"lr: must be > 0, got {self.lr}")
+        check_fields(self)
+        _need((self.tokens is None) != (self.epochs is None), "give exactly one budget: --tokens (CPT) or --epochs (IFT)")
+        _need(self.lr > 0, f"lr: must be > 0, got {self.lr}")
         budget = self.tokens if self.tokens is not None else self.epochs
-        if budget <= 0:
-            raise UserError(f"budget must be > 0, got {budget}")
+        _need(budget > 0, f"budget must be > 0, got {budget}")
         self.checkpoints = sorted(float(c) for c in (self.checkpoints or [budget]))
-        if self.checkpoints[-1] > budget or self.checkpoints[0] <= 0:
-            raise UserError(f"checkpoints {self.checkpoints} must lie in (0, {budget}]")
+        _need(self.checkpoints[-1] <= budget and self.checkpoints[0] > 0, f"checkpoints {self.checkpoints} must lie in (0, {budget}]")
         if self.checkpoints[-1] != budget:
             self.checkpoints.append(float(budget))
-        if not 0.0 <= self.warmup < 1.0:
-            raise UserError(f"warmup: a fraction in [0, 1), got {self.warmup}")
+        _need(0.0 <= self.warmup < 1.0, f"warmup: a fraction in [0, 1), got {self.warmup}")
 
 
 @dataclass
@@ -138,15 +139,128 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        def build(kind, value):
-            known = {f.name for f in fields(kind)}
-            unknown = set(value) - known
-            if unknown:
-                raise UserError(f"{kind.__name__}: unknown field(s) {sorted(unknown)}")
-            return kind(**value)
+        return build(cls, d)
 
-        train = dict(d["train"])
-        if "betas" in train:
-            train["betas"] = tuple(train["betas"])
-        return cls(model=d["model"], data=build(DataSpec, d["data"]), method=build(MethodConfig, d["method"]),
-                   train=build(TrainConfig, train), out=d["out"])
+
+# ----------------------------------------------------------------------------- a study (study YAML)
+
+
+@dataclass
+class Experiment:
+    name: str = _help("experiment name: a prefix of its run folders (e.g. code-cpt)")
+    regime: Literal["cpt", "ift"] = _help("cpt: continued pre-training on documents; ift: instruction tuning on prompt/response pairs")
+    domain: Literal["code", "math"] = _help("code | math: decides the learning task and the report's grouping")
+    data: str = _help("training data: embedded name, file, folder, glob or hub id (as train --data)")
+    tokens: Optional[int] = _help("token budget of every run (give tokens or epochs)", default=None)
+    epochs: Optional[float] = _help("epoch budget of every run (IFT)", default=None)
+    checkpoints: list[float] = _help("budgets at which each run saves a checkpoint; the last is the budget", default_factory=list)
+    heldout_fraction: float = _help("fraction of documents held out for the held-out target loss", default=0.05)
+    text_field: str = _help("JSONL/hub field with the document text (CPT)", default="text")
+    prompt_field: str = _help("JSONL/hub field with the prompt (IFT)", default="prompt")
+    response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
+    tokens_per_epoch: Optional[int] = _help("for an epoch budget: the dataset's size in tokens, used only by --dry-run", default=None)
+
+    def __post_init__(self):
+        check_fields(self, "experiment.")
+
+
+@dataclass
+class EvalSpec:
+    forgetting: list[str] = _help("forgetting tasks, scored for the base model and the chosen checkpoints",
+                                  default_factory=lambda: list(FORGETTING_DEFAULT))
+    learning: dict[str, list[str]] = _help("per domain, the learning tasks (e.g. {code: [humaneval], math: [gsm8k]})",
+                                           default_factory=lambda: {d: [t] for d, t in LEARNING_TASK.items()})
+    limit: Optional[int] = _help("items per task: a seeded fixed sample shared by every checkpoint (null: all)", default=200)
+    generation_limit: Optional[int] = _help("items for generation tasks (gsm8k, humaneval): they cost ~100x more", default=50)
+    heldout_tokens: int = _help("held-out tokens per set (target, general) at every checkpoint; 0 = none", default=8192)
+    general: Optional[str] = _help("held-out general text: the continuous forgetting signal (null: none)", default="general-text")
+    tasks_at: Literal["final", "all"] = _help("which checkpoints get benchmark tasks (held-out losses: all)", default="final")
+    tasks_runs: Literal["all", "best_lr"] = _help(
+        "which runs get benchmark tasks. best_lr: per (experiment, method) only the best learning rate (study.gather.best_lr; "
+        "before any task is scored that is the lowest final held-out target loss, averaged over seeds): a sweep's other "
+        "learning rates keep their held-out losses, and the study saves most of its evaluation time", default="all")
+    seed: int = _help("seed of each task's item sample", default=EVAL_SEED)
+    batch_size: int = _help("items per forward pass / sequences per generation batch", default=EVAL_BATCH)
+
+    def __post_init__(self):
+        check_fields(self, "eval.")
+
+
+@dataclass
+class DiversitySpec:
+    task: Union[str, dict[str, Optional[str]]] = _help("one task (humaneval | gsm8k) for every domain, or per domain (null: none)",
+                                                       default_factory=lambda: dict(LEARNING_TASK))
+    problems: int = _help("problems: a seeded fixed sample, shared by every model", default=20)
+    samples: int = _help("samples per problem: pass@k for k in 1, n/2, n", default=8)
+    temperature: float = _help("sampling temperature", default=0.8)
+    top_p: float = _help("nucleus sampling threshold", default=0.95)
+    seed: int = _help("seed of the problem sample and of the sampling", default=0)
+    max_new_tokens: Optional[int] = _help("default: 512 humaneval, 256 gsm8k", default=None)
+    batch_size: int = _help("sequences per batch; part of the cache key (sampled tokens depend on the batching)", default=8)
+    runs: Literal["best_lr", "all"] = _help("best_lr: per experiment, the full and LoRA runs the report compares | all", default="best_lr")
+    methods: Optional[list[str]] = _help("only these method labels (e.g. [full, lora-r16-all]): sampling is costly", default=None)
+    base: bool = _help("also the base model (the reference the collapse is measured against)", default=True)
+
+    def __post_init__(self):
+        check_fields(self, "analysis.diversity.")
+        if isinstance(self.task, str):
+            self.task = {d: self.task for d in LEARNING_TASK}
+        _need(not set(self.task) - set(LEARNING_TASK),
+              f"analysis.diversity.task: a task name or a mapping {{code: ..., math: ...}}, got {self.task!r}")
+
+    def task_for(self, domain: str) -> str | None:
+        return self.task.get(domain)
+
+
+@dataclass
+class AnalysisSpec:
+    spectrum: bool = _help("rank@90% of each run's weight update per module (LoRA: B·A·scale)", default=False)
+    intruders: bool = _help("intruder dimensions (arXiv 2410.21228): top-k tuned directions far from all base ones", default=False)
+    diversity: Union[DiversitySpec, bool, None] = _help("diversity of sampled solutions: true (defaults) or a mapping", default=None)
+    checkpoints: Literal["final", "all"] = _help("which checkpoints get spectrum and intruders (diversity: final)", default="final")
+    svd: Literal["gram", "svd"] = _help("gram (eigenvalues of the Gram matrix, ~2x faster; rank@90% is unaffected) | svd", default=SVD_METHOD)
+    k: int = _help("intruders: top-k singular vectors of each tuned weight", default=10)
+    eps: list[float] = _help("intruder thresholds in (0, 1]", default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
+
+    def __post_init__(self):
+        if isinstance(self.diversity, dict):
+            self.diversity = build(DiversitySpec, self.diversity, path=("analysis", "diversity"))
+        check_fields(self, "analysis.")
+        if self.diversity is True:
+            self.diversity = DiversitySpec()
+        elif self.diversity is False:
+            self.diversity = None
+        _need(self.k >= 1, f"analysis.k: an integer >= 1, got {self.k!r}")
+        _need(bool(self.eps) and all(0 < e <= 1 for e in self.eps), f"analysis.eps: a list of thresholds in (0, 1], got {self.eps!r}")
+
+
+@dataclass
+class ExecutorSpec:
+    """The `executor:` mapping of a study YAML: what each run asks Ray for (ignored by --executor local)."""
+
+    num_cpus: float = _help("CPU cores per run; on CPU-only machines also torch's thread count in the worker", default=1.0)
+    num_gpus: float = _help("GPUs per run (one training process per run; several GPUs per run: use accelerate launch)", default=0.0)
+    memory_gb: Optional[float] = _help("RAM per run, so Ray does not start more runs than fit (see the dry run's est. GB)", default=None)
+
+    def __post_init__(self):
+        check_fields(self, "executor.")
+        _need(self.num_cpus > 0, f"executor.num_cpus: must be > 0, got {self.num_cpus}")
+        _need(self.num_gpus >= 0, f"executor.num_gpus: must be >= 0, got {self.num_gpus}")
+        _need(self.memory_gb is None or self.memory_gb > 0, f"executor.memory_gb: must be > 0, got {self.memory_gb}")
+
+
+@dataclass
+class Study:
+    name: str = _help("study name: its folder under --out")
+    model: str = _help("base model of every run (as train --model)")
+    experiments: list[Experiment] = _help("experiments: data, regime, domain and budget")
+    methods: list[dict] = _help("each a MethodConfig grid (list values expand) plus `lr: [..]` and optional train overrides")
+    train: dict = _help("TrainConfig defaults for every run", default_factory=dict)
+    eval: EvalSpec = _help("benchmark tasks and held-out losses", default_factory=EvalSpec)
+    seeds: list[int] = _help("training seeds: every run of the grid once per seed", default_factory=lambda: [0])
+    seq_len: int = _help("tokens per training row", default=512)
+    executor: ExecutorSpec = _help("resources per run for --executor ray", default_factory=ExecutorSpec)
+    analysis: Optional[AnalysisSpec] = _help("optional: spectrum, intruders, diversity (study/analyse.py)", default=None)
+
+    def __post_init__(self):
+        check_fields(self)

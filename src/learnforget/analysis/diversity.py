@@ -73,7 +73,8 @@ def ks_for(n: int) -> list[int]:
 
 def load(task: str, tok, problems: int | None, seed: int) -> tuple[list, list[str], list[str], str | None]:
     """(problems, prompts, stop strings, prompt mode) for `task`, on the seeded shared sample."""
-    from ..evaluate import gsm8k, humaneval, tasks
+    from ..evaluate import task as tasks
+    from ..evaluate.tasks import gsm8k, humaneval
 
     if task == "humaneval":
         mode = humaneval.default_mode(tok)  # instruct for chat models, as lm-eval's humaneval_instruct
@@ -89,7 +90,7 @@ def load(task: str, tok, problems: int | None, seed: int) -> tuple[list, list[st
 
 def check(task: str, problems: list, completions: list[list[str]], workers: int = 2) -> list[list[bool]]:
     """Whether each sample is correct: HumanEval tests in the sandbox, GSM8K flexible-extract exact match."""
-    from ..evaluate import gsm8k, humaneval
+    from ..evaluate.tasks import gsm8k, humaneval
 
     if task == "humaneval":
         res = humaneval.score(problems, completions, workers=workers)
@@ -109,7 +110,7 @@ def problem_id(task: str, problem) -> str:
 
 def problem_stats(keys: list[str], correct: list[bool], ks: list[int]) -> dict:
     """One problem's numbers from its samples' normalised keys and correctness."""
-    from ..evaluate.humaneval import pass_at_k
+    from ..evaluate.tasks.humaneval import pass_at_k
 
     n, c = len(keys), sum(correct)
     return {"n": n, "correct": c, "distinct": len(set(keys)),
@@ -165,7 +166,8 @@ def run(model, tok, task: str, problems: int = 20, samples: int = 8, temperature
     `generate` (prompts -> completions) replaces the model's sampling, for tests.
     """
     validate(task, problems, samples, temperature, top_p, batch_size, max_new_tokens)
-    from ..evaluate import generation, humaneval
+    from ..evaluate import generation
+    from ..evaluate.tasks import humaneval
 
     items, prompts, stop, mode = load(task, tok, problems, seed)
     max_new = max_new_tokens or MAX_NEW_TOKENS[task]
@@ -242,10 +244,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _tokens(checkpoint: str | None) -> int:
     """Training tokens of a checkpoint (from its manifest), 0 for the base model."""
-    if checkpoint is None:
+    from .. import checkpoint as ckpt
+
+    if checkpoint is None or not (Path(checkpoint) / ckpt.MANIFEST).exists():
         return 0
-    man = Path(checkpoint) / "manifest.json"
-    return int(json.loads(man.read_text()).get("tokens", 0)) if man.exists() else 0
+    return int(ckpt.manifest(checkpoint).get("tokens", 0))
 
 
 def main(args) -> int:

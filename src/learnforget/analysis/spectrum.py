@@ -20,16 +20,13 @@ svd 13.6 s CPU, gram 5.5 s CPU.
 
 from __future__ import annotations
 
-import copy
 import re
 import statistics
-from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from ..errors import UserError
 
 # A delta: (W_base, ΔW), both 2-D float32, same shape (out_features, in_features).
 Delta = tuple[torch.Tensor, torch.Tensor]
@@ -66,40 +63,7 @@ def type_sort_key(t: str) -> tuple[int, str]:
     return (TYPE_ORDER.index(t), "") if t in TYPE_ORDER else (len(TYPE_ORDER), t)
 
 
-# ---------------------------------------------------------------- loading and deltas
-
-def is_adapter_dir(path: str | Path) -> bool:
-    """A PEFT adapter folder is recognised by its adapter_config.json."""
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def load_tuned(base: str | nn.Module, checkpoint_dir: str | Path) -> nn.Module:
-    """Load a checkpoint for analysis: a PeftModel for an adapter folder, else a full fp32 model.
-
-    `base` (a model spec for `models.load`, or a loaded model) is only used for adapter folders.
-    A passed model is deep-copied first, because PEFT injects its layers into the model in place
-    and the caller usually still needs the untouched base to compare against.
-    """
-    path = Path(checkpoint_dir)
-    if not path.is_dir():
-        raise UserError(f"{path}: checkpoint folder does not exist")
-    if is_adapter_dir(path):
-        from peft import PeftModel
-
-        if isinstance(base, nn.Module):
-            model = copy.deepcopy(base)
-        else:
-            from .. import models
-
-            model = models.load(base)[0]
-        return PeftModel.from_pretrained(model, str(path)).eval()
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path}: neither a model folder (config.json) nor a LoRA adapter (adapter_config.json)")
-    from transformers import AutoModelForCausalLM
-
-    # fp32 whatever the checkpoint's dtype: the SVDs below need it, and ΔW is a small difference.
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-
+# ---------------------------------------------------------------- deltas
 
 def block_linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Weights of every nn.Linear inside the transformer blocks, by block-relative name.

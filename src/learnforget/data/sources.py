@@ -221,15 +221,19 @@ def regime_of(source: str) -> str | None:
 
 
 def _paths(source: str) -> list[Path]:
-    """A file, a folder (its text files, recursively) or a glob; [] if none of these."""
+    """A file, a folder (its text files, recursively) or a glob; [] if none of these (a hub id), and an
+    error if the source looks like a path but matches nothing."""
     p = Path(source).expanduser()
     if p.is_file():
         return [p]
+    paths = []
     if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in TEXT_SUFFIXES or f.name.endswith(".jsonl")))
-    if any(c in source for c in "*?["):
-        return sorted(Path(f) for f in globlib.glob(source, recursive=True) if Path(f).is_file())
-    return []
+        paths = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in TEXT_SUFFIXES or f.name.endswith(".jsonl")))
+    elif any(c in source for c in "*?["):
+        paths = sorted(Path(f) for f in globlib.glob(source, recursive=True) if Path(f).is_file())
+    if not paths and _looks_like_path(source):
+        raise UserError(f"{source}: no such file, folder or glob match")
+    return paths
 
 
 def _doc_key(source: str, path: Path) -> str:
@@ -258,8 +262,6 @@ def load_docs(source: str, text_field: str = "text") -> list[Doc]:
         docs = [Doc(r.id, f"{r.prompt}\n{r.response}") for r in EMBEDDED_RECORDS[source]()]
     else:
         paths = _paths(source)
-        if not paths and _looks_like_path(source):
-            raise UserError(f"{source}: no such file, folder or glob match")
         docs = []
         if paths:
             for p in paths:
@@ -282,8 +284,6 @@ def load_records(source: str, prompt_field: str = "prompt", response_field: str 
         records = EMBEDDED_RECORDS[source]()
     else:
         paths = _paths(source)
-        if not paths and _looks_like_path(source):
-            raise UserError(f"{source}: no such file, folder or glob match")
         if paths:
             rows = [(f"{_doc_key(source, p)}:{n}", f"{p}:{n}", r) for p in paths for n, r in enumerate(read_jsonl(p), 1)]
         else:

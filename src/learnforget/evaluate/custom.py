@@ -26,12 +26,14 @@ Pass the YAML path in --tasks (e.g. `--tasks hellaswag,evals/capitals.yaml`). Ke
     max_new_tokens: 64
     chat: false                 # true: send the prompt as the user turn of the chat template
 
-Every error names the file, the line and the field.
+Every error names the file, the line and the field. `task(path)` turns the file into a `Task`, as the
+built-in benchmarks are: multiple_choice is kind "choice" (acc judged), generation is kind "generate".
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,10 @@ import yaml
 
 from ..data import sources
 from ..errors import UserError
-from .gsm8k import FLEXIBLE, extract, normalize
-from .tasks import ChoiceItem, choice_item
+from . import generation
+from .summary import bar, summary
+from .task import ChoiceItem, Settings, Task, choice_item, sample
+from .tasks.gsm8k import FLEXIBLE, extract, normalize
 
 COMMON = {"name", "type", "data", "id_field"}
 MC_KEYS = COMMON | {"context_field", "template", "choices_field", "gold_field", "delimiter"}
@@ -187,3 +191,32 @@ def _generation_settings(task: CustomTask, spec: dict, path: Path) -> None:
         raise UserError(f"{path}: field 'max_new_tokens' must be a positive integer, got {n!r}")
     task.max_new_tokens = n
     task.chat = bool(spec.get("chat", False))
+
+
+def task(path_str: str) -> Task:
+    """The custom task file as a `Task` (role "custom": neither forgetting nor learning)."""
+    spec = load(path_str)
+    if spec.kind == "multiple_choice":
+        return Task(spec.name, "choice", spec.source, ("acc", "acc_norm"), "acc", role="custom", load=lambda: spec.items,
+                    config={"output_type": "multiple_choice", "file": path_str})
+
+    def run(model, tok, t: Task, settings: Settings) -> dict:
+        return _run_generation(model, tok, spec, settings)
+
+    return Task(spec.name, "generate", spec.source, ("acc",), "acc", role="custom", run=run,
+                config={"output_type": "generate_until", "file": path_str, "checker": spec.checker, "until": spec.stop,
+                        "max_gen_toks": spec.max_new_tokens, "chat": spec.chat})
+
+
+def _run_generation(model, tok, spec: CustomTask, settings: Settings) -> dict:
+    items = sample(spec.items, settings.generation_limit, settings.seed, spec.name)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": it.prompt}], tokenize=False, add_generation_prompt=True)
+               if spec.chat else it.prompt for it in items]
+    t0 = time.perf_counter()
+    with bar(spec.name, len(items), settings.show_progress) as b:
+        completions = generation.generate(model, tok, prompts, spec.stop, spec.max_new_tokens, settings.batch_size, progress=b.update)
+    seconds = time.perf_counter() - t0
+    passed = [float(spec.check(c, it.reference)) for it, c in zip(items, completions)]
+    samples = [{"doc_id": it.id, "prompt": p, "completion": c, "gold": it.reference, "pass": bool(ok)}
+               for it, p, c, ok in zip(items, prompts, completions, passed)]
+    return summary(spec.name, {"acc": passed}, "acc", None, [it.id for it in items], samples, spec.source, seconds)

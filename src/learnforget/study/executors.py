@@ -1,6 +1,6 @@
 """Where a study's training runs execute.
 
-  local  (default) one run after another in this process: study.execute's loop.
+  local  (default) one run after another in this process: training.train_all.
   ray    every run not yet done becomes a Ray task that calls train.run(config) on a worker; Ray
          schedules them over the CPUs/GPUs of a local instance or of a cluster (--ray-address).
 
@@ -9,41 +9,20 @@ is named by the hash of its config, train.run resumes from the last checkpoint o
 when done), so a task needs nothing but the run's config, and a task that Ray retries after a lost
 worker just resumes. Every run writes its own folder under the study folder, which is why that
 folder must be on a filesystem every worker sees (NFS, a mounted bucket, ...) when the cluster has
-more than one machine. Evaluation stays on the driver (study_eval.evaluate_all), after training.
+more than one machine. Evaluation stays on the driver (evaluation.evaluate_all), after training.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..config import ExecutorSpec, RunConfig
+from ..errors import UserError
+from .plan import PlannedRun, status
 
 KINDS = ("local", "ray")
-
-
-@dataclass
-class ExecutorSpec:
-    """The `executor:` mapping of a study YAML: what each run asks Ray for (ignored by --executor local)."""
-
-    num_cpus: float = 1.0  # CPU cores per run; on CPU-only machines also torch's thread count in the worker
-    num_gpus: float = 0.0  # GPUs per run (one training process per run; several GPUs per run: use accelerate launch)
-    memory_gb: float | None = None  # RAM per run, so Ray does not start more runs than fit (see the dry run's est. GB)
-
-    def __post_init__(self):
-        for name in ("num_cpus", "num_gpus", "memory_gb"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise UserError(f"executor.{name}: a number, got {value!r}")
-        if self.num_cpus <= 0:
-            raise UserError(f"executor.num_cpus: must be > 0, got {self.num_cpus}")
-        if self.num_gpus < 0:
-            raise UserError(f"executor.num_gpus: must be >= 0, got {self.num_gpus}")
-        if self.memory_gb is not None and self.memory_gb <= 0:
-            raise UserError(f"executor.memory_gb: must be > 0, got {self.memory_gb}")
 
 
 def _import_ray():
@@ -54,15 +33,9 @@ def _import_ray():
     return ray
 
 
-def _is_done(out: str) -> bool:
-    p = Path(out) / "run.json"
-    return p.exists() and json.loads(p.read_text()).get("status") == "done"
-
-
 def _train_one(config: dict) -> str:
     """The Ray task: one training run, rebuilt from its config dict (plain data crosses the wire)."""
-    from . import train
-    from .config import RunConfig
+    from .. import train
 
     cfg = RunConfig.from_dict(config)
     train.run(cfg)
@@ -81,10 +54,10 @@ def _describe(error: Exception) -> tuple[str, str | None]:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}", str(error)
 
 
-def train_ray(runs: list, spec: ExecutorSpec, address: str | None = None) -> None:
+def train_ray(runs: list[PlannedRun], spec: ExecutorSpec, address: str | None = None) -> None:
     """Train every run that is not done as a Ray task; wait for all; raise a UserError naming the failed ones.
 
-    `runs` are study.PlannedRun. Uses the Ray instance this process is already connected to, if any
+    Uses the Ray instance this process is already connected to, if any
     (a test, a notebook); else connects to `address` ("auto", "ray://host:10001", ...) or, when None,
     starts a local instance with this machine's CPUs and GPUs and shuts it down at the end.
     """
@@ -93,14 +66,14 @@ def train_ray(runs: list, spec: ExecutorSpec, address: str | None = None) -> Non
     if address is not None and any(not Path(r.config.out).is_absolute() for r in runs):
         raise UserError(f"--executor ray --ray-address {address}: give --out as an absolute path that every "
                         f"machine of the cluster sees (a shared filesystem); the workers write the run folders there")
-    pending = [r for r in runs if not _is_done(r.config.out)]
+    pending = [r for r in runs if status(r.config.out) != "done"]
     cached = len(runs) - len(pending)
     if not pending:
         print(f"[study] ray: all {len(runs)} runs are done (cached); nothing to train", flush=True)
         return
     # Convert an embedded model (GGUF -> cached fp32 folder) once, here: workers on this machine
     # starting together would each convert it.
-    from . import models
+    from .. import models
 
     for model in sorted({r.config.model for r in pending}):
         if model in models.EMBEDDED:

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .config import MethodConfig, TrainConfig
-from .errors import UserError
+from ..config import MethodConfig, TrainConfig
+from ..errors import UserError
 
 
 def apply(model, cfg: MethodConfig):

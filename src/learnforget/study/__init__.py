@@ -1,0 +1,54 @@
+"""A study: a YAML grid of experiments x methods x learning rates x seeds, expanded to runs, trained,
+evaluated, analysed, gathered into results.json, and reported.
+
+    learnforget study configs/demo-cpu.yaml [--dry-run] [--out runs/studies] [--executor ray]
+
+    plan.py        the YAML read and checked, the grid expanded to runs (ids: hash of the resolved RunConfig)
+    cost.py        FLOPs, time and memory estimates (--dry-run)
+    training.py    train the pending runs here; executors.py: or as Ray tasks
+    evaluation.py  the base model's held-out losses, benchmark tasks per checkpoint
+    analyse.py     spectrum, intruders, diversity
+    cache.py       where each stage's results live, named by the hash of their inputs
+    gather.py      results.json, and best_lr: each method's best learning rate
+
+Every stage is cached by the hash of its inputs: a run folder is named by the hash of its resolved
+RunConfig (train.run resumes it from its last checkpoint, or skips it when done); an evaluation is
+stored under the hash of (checkpoint, evaluation spec). So a re-run does only what changed, an
+interrupted study resumes, and adding one rank to the YAML trains just that rank.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from . import analyse, cost, evaluation, gather, plan, training
+
+
+def main(args) -> int:
+    study = plan.load(args.config)
+    root = Path(args.out) / study.name
+    runs = plan.expand(study, root)
+    if args.dry_run:
+        cost.print_plan(cost.dry_run(study, runs))
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
+    if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; train_all then finds them done
+        from . import executors
+
+        executors.train_ray(runs, study.executor, getattr(args, "ray_address", None))
+    training.train_all(study, runs)
+    evaluation.evaluate_all(study, root, runs)
+    analyse.run(study, root, runs)  # the optional `analysis:` block (cached like the evaluations)
+    results = gather.gather(study, root, runs)
+    tmp = root / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(root / "results.json")
+    from .. import report  # the one import of the report: study -> report, at the very end
+
+    html = report.write(root)
+    print(f"[study] report: {html}")
+    return 0

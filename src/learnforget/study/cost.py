@@ -1,0 +1,71 @@
+"""A study's cost, estimated without loading data or weights: FLOPs per token, time on this machine, peak memory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..config import Study
+from .plan import PlannedRun
+
+
+def flops_per_token(params_total: int, params_trainable: int, full: bool, n_layers: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for full fine-tuning; LoRA skips frozen weight gradients (4N + 6N_lora);
+    plus attention scores (12 * layers * d * seq / 2 with causal masking, forward + backward)."""
+    dense = 6 * params_total if full else 4 * params_total + 6 * params_trainable
+    return dense + 6 * n_layers * d_model * seq_len
+
+
+def measure_matmul_flops(seconds: float = 1.0) -> float:
+    """This machine's fp32 dense matmul rate (FLOP/s), measured now: the yardstick for time estimates."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    n, t0 = 0, time.time()
+    while time.time() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 1024**3 * n / (time.time() - t0)
+
+
+def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
+    """Per run: tokens, FLOPs, time and peak memory estimated for this hardware, without loading data."""
+    from .. import models
+
+    model_cfg = models.architecture(study.model)  # no weights; offline, a built-in table for the configs' models
+    L, d, ff, V = model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size
+    kv = d * getattr(model_cfg, "num_key_value_heads", model_cfg.num_attention_heads) // model_cfg.num_attention_heads
+    shapes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
+    n_total = L * sum(a * b for a, b in shapes.values()) + V * d * (1 if getattr(model_cfg, "tie_word_embeddings", True) else 2)
+    rate = measure_matmul_flops()
+    rows = []
+    for r in runs:
+        m, t = r.config.method, r.config.train
+        n_lora = 0 if m.method == "full" else L * sum(m.rank * (a + b) for name, (a, b) in shapes.items() if name in m.target_modules())
+        tokens = t.tokens if t.tokens is not None else None
+        if tokens is None and r.experiment.tokens_per_epoch:  # an epoch budget: tokens only from the YAML's estimate
+            tokens = int(t.epochs * r.experiment.tokens_per_epoch)
+        fpt = flops_per_token(n_total, n_lora or n_total, m.method == "full", L, d, study.seq_len)
+        flops = fpt * tokens if tokens else None
+        # held-out scoring at every checkpoint (a forward pass, 2N per token): in the demo as much as the training
+        sets = (1 + len(t.extra_eval)) if t.eval_tokens else 0
+        eval_flops = 2 * n_total * t.eval_tokens * sets * len(t.checkpoints)
+        # memory: fp32 weights (+ grads + 2 Adam moments for what trains) + logits of one micro-batch
+        trainable = n_total if m.method == "full" else n_lora
+        mem = 4 * (n_total + 3 * trainable) + 4 * 3 * t.micro_batch * study.seq_len * V + 4 * 30 * t.micro_batch * study.seq_len * d * L
+        rows.append({"run": Path(r.config.out).name, "tokens": tokens, "epochs": t.epochs, "flops": flops,
+                     "est_seconds": (flops + eval_flops) / (0.8 * rate) if flops else None, "est_peak_gb": mem / 1e9})
+    return rows
+
+
+def print_plan(rows: list[dict]) -> None:
+    print(f"{'run':<60} {'tokens':>9} {'TFLOP':>8} {'est. min':>9} {'est. GB':>8}")
+    for row in rows:
+        tf = f"{row['flops'] / 1e12:8.1f}" if row["flops"] else f"{'-':>8}"
+        mins = f"{row['est_seconds'] / 60:9.1f}" if row["est_seconds"] else f"{'-':>9}"
+        print(f"{row['run']:<60} {row['tokens'] or row['epochs']:>9} {tf} {mins} {row['est_peak_gb']:8.1f}")
+    total = sum(r["est_seconds"] or 0 for r in rows)
+    print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (with the held-out "
+          f"losses at each checkpoint; benchmark tasks and analysis extra); "
+          f"{sum(r['flops'] or 0 for r in rows) / 1e15:.3g} PFLOP in all")

@@ -1,0 +1,80 @@
+"""The study's evaluation stage: benchmark tasks per checkpoint, cached under <study>/evals/.
+
+Held-out losses (target domain and general text) come from the training runs themselves, which score
+them at every checkpoint; the base model's are scored here, once per experiment. Benchmark tasks are
+scored once per (checkpoint, evaluation spec).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import checkpoint
+from ..config import Study
+from . import cache
+from .gather import base_results, best_lr, run_row
+from .plan import PlannedRun
+
+
+def _evaluate(model, tok, study: Study, tasks: list[str]) -> dict:
+    from ..evaluate import runner
+
+    results = runner.evaluate_tasks(model, tok, tasks, limit=study.eval.limit, generation_limit=study.eval.generation_limit,
+                                    seed=study.eval.seed, batch_size=study.eval.batch_size)
+    for r in results.values():
+        if isinstance(r, dict):
+            r.pop("samples", None)  # per-item generations stay out of the study cache; items (0/1) are kept
+    return results
+
+
+def chosen_runs(study: Study, root: Path, runs: list[PlannedRun]) -> list[PlannedRun]:
+    """The runs that get benchmark tasks: all, or (tasks_runs: best_lr) each method's best learning rate
+    (gather.best_lr on what is scored so far: before any task, the held-out target loss decides)."""
+    if study.eval.tasks_runs == "all":
+        return list(runs)
+    trained = [r for r in runs if (Path(r.config.out) / "metrics.jsonl").exists()]
+    best = best_lr([run_row(study, root, r) for r in trained], base_results(study, root, runs)["tasks"])
+    return [r for r in runs if r.id in best]
+
+
+def _score_heldout(model, tok, cfg) -> dict:
+    from ..evaluate.perplexity import mean_loss
+    from ..train import heldout_sets
+
+    return {name: mean_loss(model, ids, labels, batch_size=cfg.train.eval_batch)
+            for name, (ids, labels) in heldout_sets(cfg, tok).items()}
+
+
+def evaluate_all(study: Study, root: Path, runs: list[PlannedRun]) -> None:
+    """The base model's held-out losses (once per experiment), then benchmark tasks for the base model
+    (once per task set) and each chosen run's chosen checkpoints."""
+    from tqdm.auto import tqdm
+
+    from .. import models
+
+    heldout_todo = [r for r in cache.first_per_experiment(runs) if r.config.train.eval_tokens and not cache.heldout_path(root, r).exists()]
+    todo = []
+    for domain in sorted({r.experiment.domain for r in runs}):
+        tasks = cache.tasks_for(study, domain)
+        if tasks:
+            todo.append(("base", None, tasks))
+    for r in chosen_runs(study, root, runs):
+        tasks = cache.tasks_for(study, r.experiment.domain)
+        cks = checkpoint.complete(Path(r.config.out))
+        chosen = cks if study.eval.tasks_at == "all" else cks[-1:]
+        todo += [(r.id, ck, tasks) for ck in chosen if tasks]
+    pending = [t for t in todo if not cache.eval_path(root, study, *t).exists()]
+    if not (pending or heldout_todo):
+        return
+    base, tok = models.load(study.model)
+    for r in heldout_todo:
+        print(f"[study] base model: held-out losses for {r.experiment.name}", flush=True)
+        cache.cached(cache.heldout_path(root, r), lambda: _score_heldout(base, tok, r.config))
+    for rid, ck, tasks in tqdm(pending, desc="[study] evaluating checkpoints", unit="ckpt"):
+        path = cache.eval_path(root, study, rid, ck, tasks)
+        if ck is None:
+            cache.cached(path, lambda: _evaluate(base, tok, study, tasks))
+        else:
+            merged = checkpoint.is_adapter(ck)  # merged: same numbers, faster scoring; recorded as adapter_merged
+            model = checkpoint.load(base, ck, merge=True)
+            cache.cached(path, lambda: {**_evaluate(model, tok, study, tasks), "_adapter_merged": merged})

@@ -1,0 +1,155 @@
+"""results.json (schema version 1, described in the report) from the run folders and the cached
+evaluations and analyses; and `best_lr`, the one rule for "each method's best learning rate"."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint
+from ..analysis import diversity as div
+from ..config import LEARNING_TASK, Study
+from . import cache
+from .cost import flops_per_token
+from .plan import PlannedRun, label
+
+
+def best_lr(runs: list[dict], base_tasks: dict) -> set[str]:
+    """The ids of the runs at their method's best learning rate: per (experiment, method label), the lr with
+    the best final learning-task metric if the base model was scored on one (its domain's LEARNING_TASK);
+    ties or no metric: the lowest final held-out target loss; both averaged over seeds. `runs` are
+    results.json rows; runs without a held-out target loss at their final checkpoint are not ranked."""
+    groups: dict[tuple, dict[float, list[dict]]] = {}
+    for r in runs:
+        groups.setdefault((r["experiment"], r["label"]), {}).setdefault(float(r["lr"]), []).append(r)
+    best: set[str] = set()
+    for (_, _label), by_lr in groups.items():
+        chosen, top = None, None
+        for lr, rs in sorted(by_lr.items()):  # ascending: on a tie the lower lr stays
+            score = _final_score(rs, LEARNING_TASK.get(rs[0]["domain"]), base_tasks)
+            if score is not None and (top is None or score > top):
+                chosen, top = rs, score
+        best |= {r["id"] for r in chosen or ()}
+    return best
+
+
+def _final_score(rs: list[dict], task: str | None, base_tasks: dict) -> tuple | None:
+    """(learning metric or -inf, -target loss) at the last checkpoint, seeds averaged item by item."""
+    cks = [c for r in rs for c in r["checkpoints"]]
+    if not cks:
+        return None
+    final = [c for c in cks if c["tokens"] == max(c["tokens"] for c in cks)]
+    if any("target" not in c["heldout"] for c in final):
+        return None
+    metric = -np.inf
+    if task in base_tasks and all(task in c["tasks"] for c in final):
+        metric = float(np.mean(np.mean([np.asarray(c["tasks"][task]["items"], float) for c in final], axis=0)))
+    return metric, -float(np.mean([c["heldout"]["target"]["loss"] for c in final]))
+
+
+def task_result(res: dict) -> dict:
+    # "exact_match,strict-match" -> "exact_match": the report names metrics without lm-eval's filter suffix
+    return {"metric": res["metric"].split(",")[0], "value": res["value"], "stderr": res["stderr"], "n": res["n"],
+            "chance": res.get("chance"), "items": res["items"]}
+
+
+def _tasks(path: Path) -> dict:
+    return {k: task_result(v) for k, v in (cache.read(path) or {}).items() if not k.startswith("_")}
+
+
+def _heldout_key(study: Study, r: PlannedRun, name: str) -> str:
+    """base.heldout's key of a held-out set: "<regime>-<domain>" for the target split, "general" for general text."""
+    return f"{r.experiment.regime}-{r.experiment.domain}" if name == "target" else "general" if name == study.eval.general else name
+
+
+def base_results(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
+    tasks: dict = {}
+    for domain in sorted({r.experiment.domain for r in runs}):
+        tasks.update(_tasks(cache.eval_path(root, study, "base", None, cache.tasks_for(study, domain))))
+    heldout: dict = {}
+    for r in cache.first_per_experiment(runs):
+        for k, v in (cache.read(cache.heldout_path(root, r)) or {}).items():
+            heldout.setdefault(_heldout_key(study, r, k), {"loss": v["loss"], "tokens": v["tokens"]})
+    for r in runs:  # a run that scored the base model itself at step 0 (skip_base_eval off)
+        step0 = next((e for e in cache.metric_rows(Path(r.config.out)) if e["step"] == 0), None)
+        for k, v in (step0["eval"] if step0 else {}).items():
+            heldout.setdefault(_heldout_key(study, r, k), {"loss": v["loss"], "tokens": v["tokens"]})
+    return {"tasks": tasks, "heldout": heldout}
+
+
+def run_row(study: Study, root: Path, r: PlannedRun) -> dict:
+    """A run's results.json row: its checkpoints with held-out losses and (cached) benchmark tasks."""
+    run_dir = Path(r.config.out)
+    info = json.loads((run_dir / "run.json").read_text())
+    evals = cache.metric_rows(run_dir)
+    params = info["parameters"]
+    fpt = flops_per_token(params["total"], params["trainable"], r.config.method.method == "full", 0, 0, 0)
+    cks = []
+    for ck in checkpoint.complete(run_dir):
+        man = checkpoint.manifest(ck)
+        row = next((e for e in evals if e["step"] == man["step"]), {"eval": {}})
+        heldout = {("target" if k == "target" else "general" if k == study.eval.general else k): {"loss": v["loss"], "tokens": v["tokens"]}
+                   for k, v in row["eval"].items()}
+        tasks = _tasks(cache.eval_path(root, study, r.id, ck, cache.tasks_for(study, r.experiment.domain)))
+        cks.append({"tokens": man["tokens"], "budget": man.get("tokens", man.get("epochs")), "flops": fpt * man["tokens"],
+                    "heldout": heldout, "tasks": tasks})
+    m = r.config.method
+    return {
+        "id": r.id, "label": label(r.config),
+        "family": r.family, "regime": r.experiment.regime, "domain": r.experiment.domain, "experiment": r.experiment.name,
+        "lr": r.config.train.lr, "rank": m.rank if m.method == "lora" else None, "targets": m.targets if m.method == "lora" else None,
+        "seed": r.config.train.seed, "trainable_params": params["trainable"], "total_params": params["total"],
+        "peak_rss_mb": info.get("peak_rss_mb"), "tokens_per_s": info.get("tokens_per_s_this_session"), "checkpoints": cks,
+    }
+
+
+def analysis_rows(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
+    """results.json's `analysis` from the cached files of the current options ({} without an analysis block)."""
+    an = study.analysis
+    if an is None:
+        return {}
+    out: dict = {}
+    for on, name, path in ((an.spectrum, "spectrum", cache.spectrum_path), (an.intruders, "intruders", cache.intruders_path)):
+        if on:
+            out[name] = [row for r in runs for ck in cache.analysis_checkpoints(an, r)
+                         for row in (cache.read(path(root, an, r.id, ck)) or {"rows": []})["rows"]]
+    if an.diversity is not None:
+        d, rows = an.diversity, []
+        for task in sorted({t for r in runs if (t := d.task_for(r.experiment.domain))}):
+            if (res := cache.read(cache.diversity_path(root, d, task, "base", None))) is not None:
+                rows.append(div.row(res, "base", 0))
+        for r in runs:
+            cks, task = checkpoint.complete(Path(r.config.out)), d.task_for(r.experiment.domain)
+            if cks and task and (res := cache.read(cache.diversity_path(root, d, task, r.id, cks[-1]))) is not None:
+                rows.append(div.row(res, r.id, cache.tokens(cks[-1])))
+        out["diversity"] = rows
+    return out
+
+
+def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
+    """The whole results.json; each run row flags `best_lr` (the report's best-lr series read it)."""
+    base = base_results(study, root, runs)
+    rows = [run_row(study, root, r) for r in runs]
+    best = best_lr(rows, base["tasks"])
+    for row in rows:
+        row["best_lr"] = row["id"] in best
+    note = "Q4 GGUF dequantised to fp32" if study.model in ("smollm2-135m", "gemma3-270m") else ""
+    results = {
+        "version": 1,
+        "study": {"name": study.name, "model": study.model, "model_note": note, "created": datetime.now(timezone.utc).isoformat(),
+                  "hardware": f"{platform.machine()} {platform.processor() or ''} {len(os.sched_getaffinity(0))} CPUs".strip(),
+                  "config": asdict(study)},
+        "base": base,
+        "runs": rows,
+    }
+    analysis = analysis_rows(study, root, runs)
+    if analysis:
+        results["analysis"] = analysis
+    return results
+

@@ -1,0 +1,152 @@
+"""A study's plan: its YAML read (with `extends:`) and checked field by field, and the grid of
+experiments x methods x learning rates x seeds expanded to runs, each named by the hash of its config."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..analysis import diversity as div
+from ..config import DataSpec, DiversitySpec, Experiment, MethodConfig, RunConfig, Study, TrainConfig
+from ..errors import UserError
+from ..validate import Source, build, convert, dotted, hints, load_mapping
+
+NOT_A_GRID = ("checkpoints", "extra_eval", "betas")  # list-valued fields: a list is one value, not a grid
+
+
+def read(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, Source]:
+    """A study file's mapping, with `extends: other.yaml` (relative to this file) merged under it: mappings
+    merge key by key, anything else is replaced. So `extends: demo-cpu.yaml` plus one `analysis:` key is the
+    demo study with more analysis, in the demo's own folder (same name, same runs: nothing is retrained).
+    The Source keeps each value's file and line, for the error messages."""
+    if not path.exists():
+        raise UserError(f"{path}: no such study file" + (f" (extended by {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        raise UserError(f"{path}: extends itself (through {' -> '.join(map(str, seen))})")
+    raw, src = load_mapping(path, "a study file is a mapping with name, model, experiments, methods")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw, src
+    if not isinstance(parent, str):
+        raise UserError(f"{src.at(('extends',))}: extends: the path of another study file, got {parent!r}")
+    base, base_src = read(path.parent / parent, seen + (path.resolve(),))
+    replaced: list[tuple] = []
+    merged = _merge(base, raw, (), replaced)
+    lines = {p: v for p, v in base_src.lines.items() if not any(p[:len(r)] == r for r in replaced)}
+    return merged, Source(str(path), {**lines, **src.lines})
+
+
+def _merge(base: dict, over: dict, path: tuple, replaced: list) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, path + (k,), replaced)
+        else:
+            out[k] = v
+            replaced.append(path + (k,))
+    return out
+
+
+def _check_grid(entry, src: Source, path: tuple, train_only: bool = False) -> None:
+    """A `methods:` entry (or the `train:` mapping): known fields, each value (or each grid value) of its type."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{src.at(path)}: {dotted(path)}: expected a mapping, got {entry!r}")
+    types_ = {**({} if train_only else hints(MethodConfig)), **hints(TrainConfig)}
+    unknown = sorted(set(entry) - set(types_) - ({"label"} if not train_only else set()))
+    name = dotted(path)
+    if unknown:
+        raise UserError(f"{src.at(path)}: {name}: unknown field(s) {unknown}")
+    for k, v in entry.items():
+        if k == "label":
+            continue
+        if isinstance(v, list) and k not in NOT_A_GRID and not train_only:
+            for i, x in enumerate(v):
+                convert(types_[k], x, src, path + (k, i))
+        else:
+            convert(types_[k], v, src, path + (k,))
+
+
+def load(path: str | Path) -> Study:
+    path = Path(path)
+    raw, src = read(path)
+    for key in ("name", "model", "experiments", "methods"):
+        if key not in raw:
+            raise UserError(f"{path}: missing field '{key}'")
+    study = build(Study, raw, src)
+    _check_grid(study.train, src, ("train",), train_only=True)
+    for i, m in enumerate(study.methods):
+        _check_grid(m, src, ("methods", i))
+        if "lr" not in m:
+            raise UserError(f"{src.at(('methods', i))}: methods[{i}]: missing field 'lr' (a list of learning rates)")
+    if study.analysis and study.analysis.diversity:
+        try:
+            check_diversity(study.analysis.diversity)
+        except UserError as e:
+            raise UserError(f"{src.at(('analysis', 'diversity'))}: {e}") from None
+    return study
+
+
+def check_diversity(d: DiversitySpec) -> None:
+    """The sampling options of each task: the same checks as `learnforget analyze --diversity`."""
+    for task in sorted({t for t in d.task.values() if t is not None}):
+        div.validate(task, d.problems, d.samples, d.temperature, d.top_p, d.batch_size, d.max_new_tokens, where="analysis.diversity.")
+
+
+def _grid(entry: dict) -> list[tuple[dict, dict]]:
+    """Expand list-valued fields of one methods entry into (method fields, train overrides) pairs."""
+    method_keys = {f.name for f in fields(MethodConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    lists = {k: v if isinstance(v, list) and k not in NOT_A_GRID else [v] for k, v in entry.items() if k != "label"}
+    out = []
+    for combo in itertools.product(*lists.values()):
+        values = dict(zip(lists, combo))
+        out.append(({k: v for k, v in values.items() if k in method_keys}, {k: v for k, v in values.items() if k in train_keys}))
+    return out
+
+
+@dataclass
+class PlannedRun:
+    experiment: Experiment
+    config: RunConfig
+    family: str  # full | lora | full-regularized
+    id: str
+
+
+def run_id(cfg: RunConfig) -> str:
+    d = cfg.to_dict()
+    d.pop("out")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def label(cfg: RunConfig) -> str:
+    """The method label of a run, with its weight decay (the weight-decay baselines are told apart by it)."""
+    return cfg.method.label() + (f"-wd{cfg.train.weight_decay:g}" if cfg.train.weight_decay else "")
+
+
+def expand(study: Study, root: Path) -> list[PlannedRun]:
+    runs = []
+    for exp, entry, seed in itertools.product(study.experiments, study.methods, study.seeds):
+        for method_fields, train_over in _grid(entry):
+            method = MethodConfig(**method_fields)
+            train_fields = {**study.train, **train_over, "seed": seed, "tokens": exp.tokens, "epochs": exp.epochs,
+                            "checkpoints": list(exp.checkpoints), "eval_tokens": study.eval.heldout_tokens,
+                            "extra_eval": [study.eval.general] if study.eval.general else [],
+                            "skip_base_eval": True}  # the base model's held-out losses: scored once per experiment
+            train = TrainConfig(**train_fields)  # (YAML's betas list becomes the config's tuple)
+            data = DataSpec(source=exp.data, regime=exp.regime, seq_len=study.seq_len, heldout_fraction=exp.heldout_fraction,
+                            text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field)
+            cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
+            rid = run_id(cfg)
+            cfg.out = str(root / "runs" / f"{exp.name}-{label(cfg)}-lr{train.lr:g}-s{seed}-{rid}")
+            regularized = method.method == "full" and (train.weight_decay > 0 or method.attention_dropout > 0)
+            runs.append(PlannedRun(exp, cfg, "full-regularized" if regularized else method.method, rid))
+    return runs
+
+
+def status(out: str) -> str:
+    """A run folder's training status: new, running (or killed), failed, done."""
+    p = Path(out) / "run.json"
+    return json.loads(p.read_text()).get("status", "running") if p.exists() else "new"

@@ -1,0 +1,274 @@
+"""The training recipe: one loop for full fine-tuning and LoRA, CPT and IFT, one process or many.
+
+    learnforget train --model smollm2-135m --data python-code --method lora --rank 16 --targets all \
+        --tokens 100000 --checkpoints 25000,50000,100000 --seq-len 512 --lr 2e-4 --out runs/code-lora-r16
+
+Read top to bottom: setup (data, model, method, optimizer) -> resume -> steps (with checkpoints and
+held-out loss at each budget) -> record (run.json). Scale-out is Accelerate's: the same code runs under
+`accelerate launch` / `torchrun` with DDP or FSDP; each process takes its slice of every global batch.
+
+Exactness rules that make resume and multi-process runs reproduce a single uninterrupted run:
+  - row k of the data stream is a pure function of (corpus, seed, k) (see data.corpora);
+  - a step's loss is the sum of token losses over the whole global batch divided by that batch's
+    supervised-token count, so how rows are split over processes and micro-batches does not matter;
+  - optimizer, scheduler, RNG and weights are restored from the checkpoint (accelerate save_state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import checkpoint, models
+from ..config import RunConfig
+from ..cpu import onednn
+from ..data.corpora import IGNORE, Corpus
+from ..errors import UserError
+from ..loss import token_losses
+from . import methods, record
+from .budget import plan as plan_budget
+from .heldout import heldout_sets, score
+from .save import save_checkpoint, save_pissa_init
+
+
+@dataclass
+class Run:
+    """What the stages of one training run share."""
+
+    cfg: RunConfig
+    acc: Any  # accelerate.Accelerator
+    model: torch.nn.Module
+    tok: Any
+    corpus: Corpus
+    plan: dict
+    heldout: dict
+    opt: torch.optim.Optimizer
+    sched: Any
+    counts: dict
+    precision: str
+    out: Path
+    writer: Any = None
+    step: int = 0
+    # this session's training time (wall and CPU) and the tokens already trained when it started
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    start_tokens: int = 0
+    metrics: Path = field(init=False)
+
+    def __post_init__(self):
+        self.metrics = self.out / "metrics.jsonl"
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    def tokens(self) -> int:
+        return self.step * self.plan["rows_per_step"] * self.cfg.data.seq_len
+
+    def tokens_per_s(self) -> float:
+        return (self.tokens() - self.start_tokens) / max(self.seconds, 1e-9)
+
+    def score(self, tokens: int, label: float) -> None:
+        score(self.acc.unwrap_model(self.model), self.heldout, self.cfg.train.eval_batch, self.step, tokens, label,
+              self.metrics, self.writer)
+
+
+def run(cfg: RunConfig) -> dict:
+    t0 = time.time()
+    record.reset_peak_rss()
+    r = _setup(cfg)
+    _resume(r)
+    _train(r)
+    return _record(r, time.time() - t0)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def _precision(precision: str) -> str:
+    if precision == "auto":  # bf16 only where native: on this CPU it measured 60-80x slower than fp32
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def _setup(cfg: RunConfig) -> Run:
+    """Data, model, method, optimizer; everything that can fail on bad input happens before the run folder is touched."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    t = cfg.train
+    precision = _precision(t.precision)
+    # cpu=True when there is no accelerator: that is what lets torchrun/accelerate start gloo DDP on CPUs.
+    no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=no_accelerator)
+    set_seed(t.seed)
+    model, tok = models.load(cfg.model, seed=t.seed)
+    corpus = Corpus(cfg.data, tok)
+    plan = plan_budget(cfg, corpus, acc.num_processes)
+    heldout = heldout_sets(cfg, tok, corpus)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model = methods.apply(model, cfg.method)
+    counts = methods.parameter_counts(model)
+    opt = methods.optimizer(model, cfg.method, t)
+    sched = get_cosine_schedule_with_warmup(opt, int(t.warmup * plan["total_steps"]), plan["total_steps"])
+    r = Run(cfg, acc, model, tok, corpus, plan, heldout, opt, sched, counts, precision, Path(cfg.out))
+    if r.main:
+        print(f"[learnforget] {cfg.method.label()} on {cfg.model}: trainable {counts['trainable']:,} of {counts['total']:,} "
+              f"parameters ({100 * counts['trainable_fraction']:.2f}%); {plan['total_steps']} steps of "
+              f"{plan['rows_per_step']} x {cfg.data.seq_len} tokens; {len(corpus.train)} train / {len(corpus.heldout)} held-out documents", flush=True)
+        record.prepare_run_dir(r.out, cfg.to_dict())
+        if cfg.method.method == "lora" and cfg.method.init == "pissa" and not (r.out / "pissa-init").exists():
+            save_pissa_init(model, r.out / "pissa-init")
+    acc.wait_for_everyone()
+    r.model, r.opt = acc.prepare(model, opt)
+    acc.register_for_checkpointing(sched)
+    return r
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _resume(r: Run) -> None:
+    """Continue from the last complete checkpoint, if any: its state, the metrics up to it, its held-out loss."""
+    done = checkpoint.complete(r.out)
+    if done:
+        r.step = checkpoint.manifest(done[-1])["step"]
+        if (done[-1] / "resume").exists():
+            r.acc.load_state(str(done[-1] / "resume"))
+        elif r.step < r.plan["total_steps"]:
+            raise UserError(f"{done[-1]}: no resume state to continue from (it is kept for the newest checkpoint only)")
+        if r.main:
+            print(f"[learnforget] resuming from {done[-1].name} (step {r.step})", flush=True)
+    r.start_tokens = r.tokens()
+    if not r.main:
+        return
+    rows = record.read_metrics(r.metrics, r.step)
+    r.metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    r.writer = record.tensorboard(r.out)
+    if not r.heldout:
+        return
+    if r.step == 0 and not r.cfg.train.skip_base_eval:
+        r.score(0, 0.0)
+    if r.step > 0 and not any("eval" in row and row["step"] == r.step for row in rows):
+        # killed after saving the checkpoint but before scoring it: score it now, from the restored weights
+        r.score(checkpoint.manifest(done[-1])["tokens"], r.plan["checkpoint_labels"][r.step])
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _train(r: Run) -> None:
+    """Steps from r.step to the end of the budget, with a checkpoint (and held-out loss) at each budget."""
+    from tqdm.auto import tqdm
+
+    R = r.plan["rows_per_step"]
+    stream = r.corpus.train_rows(r.cfg.train.seed, start=r.step * R)
+    bar = tqdm(total=r.plan["total_steps"], initial=r.step, disable=not r.main, desc=r.cfg.method.label(), unit="step")
+    r.model.train()
+    while r.step < r.plan["total_steps"]:
+        tic, cpu_tic = time.time(), time.process_time()
+        loss, grad_norm, n_tokens = _step(r, [next(stream) for _ in range(R)])
+        r.step += 1
+        r.seconds += time.time() - tic
+        r.cpu_seconds += time.process_time() - cpu_tic
+        if r.main:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "skipped", tok_s=f"{r.tokens_per_s():.0f}")
+            _log_step(r, loss, grad_norm, n_tokens)
+        if r.step in r.plan["checkpoint_steps"]:
+            _checkpoint(r)
+    bar.close()
+
+
+def _step(r: Run, rows: list) -> tuple[float | None, Any, int]:
+    """One optimizer step on a global batch of rows: (its loss, the gradient norm, its supervised tokens)."""
+    acc, model, t = r.acc, r.model, r.cfg.train
+    R, world, rank = len(rows), acc.num_processes, acc.process_index
+    ids = torch.tensor([row[0] for row in rows])
+    labels = torch.tensor([row[1] for row in rows])
+    n_tokens = int((labels[:, 1:] != IGNORE).sum())
+    mine = slice(rank * R // world, (rank + 1) * R // world)  # this process's rows of the global batch
+    my_ids, my_labels = ids[mine], labels[mine]
+    step_loss = torch.zeros((), device=acc.device)
+    grad_norm = None
+    # A global batch with no supervised token (IFT rows that are all prompt) has nothing to learn:
+    # it is skipped whole (every process sees the same count), not divided by zero into NaN weights.
+    for m in range(r.plan["accum"] if n_tokens else 0):
+        part = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
+        last = m == r.plan["accum"] - 1
+        # oneDNN for the linear layers' forward and input gradients on CPU (learnforget.cpu.onednn: faster than MKL here)
+        with acc.no_sync(model) if not last else contextlib.nullcontext(), onednn.linears(model, training=True):
+            # summed token loss of these rows over the whole global batch's supervised-token count
+            loss = token_losses(model, my_ids[part].to(acc.device), my_labels[part].to(acc.device))[0] / n_tokens
+            acc.backward(loss * world)  # DDP averages gradients over processes; undo it: we want the global sum
+        step_loss += loss.detach()
+    if n_tokens:
+        grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip else None
+        r.opt.step()
+    r.sched.step()  # the schedule counts steps, skipped or not, so a resumed run lines up
+    r.opt.zero_grad(set_to_none=True)
+    return (float(acc.reduce(step_loss, reduction="sum")) if n_tokens else None), grad_norm, n_tokens
+
+
+def _log_step(r: Run, loss: float | None, grad_norm, n_tokens: int) -> None:
+    if r.step % r.cfg.train.log_every and r.step != r.plan["total_steps"]:
+        return
+    tokens = r.tokens()
+    row = {"step": r.step, "tokens": tokens, "loss": loss, "lr": r.sched.get_last_lr()[0],
+           "grad_norm": float(grad_norm) if grad_norm is not None else None, "tokens_per_s": r.tokens_per_s(),
+           "supervised_tokens": n_tokens, "peak_rss_mb": record.peak_rss_mb(),
+           "cpu_seconds": r.cpu_seconds}  # this session's training steps, all threads: CPU s/step without a timer thread
+    record.log(r.metrics, row)
+    if r.writer:
+        for k in ("loss", "lr", "tokens_per_s"):
+            if row[k] is not None:
+                r.writer.add_scalar(f"train/{k}", row[k], tokens)
+
+
+def _checkpoint(r: Run) -> None:
+    label, tokens = r.plan["checkpoint_labels"][r.step], r.tokens()
+    save_checkpoint(r.acc, r.model, r.tok, r.cfg, r.out, r.step, tokens, label, r.plan["unit"])
+    if r.main:  # the resume state of older checkpoints is never read again
+        for older in checkpoint.complete(r.out)[:-1]:
+            checkpoint.drop_resume(older)
+    if r.heldout and r.main:
+        r.score(tokens, label)
+    r.model.train()
+    r.acc.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- record
+
+
+def _record(r: Run, wall: float) -> dict:
+    """The run record (run.json); the finished run's checkpoints keep their weights, not their resume state."""
+    summary = {}
+    if r.main:
+        final = [row for row in record.read_metrics(r.metrics, r.step) if row.get("loss") is not None]
+        summary = {"status": "done", "config": r.cfg.to_dict(), "versions": record.versions(), "seed": r.cfg.train.seed,
+                   "parameters": r.counts, "plan": {k: v for k, v in r.plan.items() if k != "checkpoint_labels"},
+                   "precision": r.precision, "processes": r.acc.num_processes, "wall_seconds": wall,
+                   "train_seconds_this_session": r.seconds, "tokens_per_s_this_session": r.tokens_per_s(),
+                   "peak_rss_mb": record.peak_rss_mb(), "final_loss": final[-1]["loss"] if final else None,
+                   "checkpoints": [p.name for p in checkpoint.complete(r.out)]}
+        if torch.cuda.is_available():
+            summary["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        record.write_json_atomic(r.out / "run.json", summary)
+        for ck in checkpoint.complete(r.out):  # done: nothing resumes any more; keep the weights, drop the rest
+            checkpoint.drop_resume(ck)
+        if r.writer:
+            r.writer.close()
+        print(f"[learnforget] done: final train loss {summary['final_loss']:.4f}, {summary['tokens_per_s_this_session']:.0f} tokens/s, "
+              f"peak RSS {summary['peak_rss_mb']:.0f} MB, {wall:.0f} s -> {r.out}", flush=True)
+    r.acc.wait_for_everyone()
+    r.acc.end_training()
+    return summary

@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learnforget import models
+from learnforget import heldout, models
+from learnforget.data.corpora import IGNORE
 from learnforget.errors import UserError
-from learnforget.evaluate import heldout
-from learnforget.loss import IGNORE
 
 
 @pytest.fixture(scope="module")

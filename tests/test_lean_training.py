@@ -8,7 +8,7 @@ import torch
 from learnforget import models
 from learnforget.config import MethodConfig
 from learnforget.data.corpora import IGNORE
-from learnforget.evaluate.perplexity import mean_loss
+from learnforget import heldout
 from learnforget.loss import linear_cross_entropy, token_losses
 from learnforget.train import methods
 from learnforget.train.methods import MaskDropout
@@ -76,10 +76,10 @@ def test_linear_cross_entropy_matches_cross_entropy_on_ragged_chunks():
     assert torch.allclose(got_h, ref_h, atol=1e-6) and torch.allclose(got_w, ref_w, atol=1e-6)
 
 
-def test_mean_loss_is_unchanged():
-    model, _ = models.load("tiny-random-llama")
+def test_heldout_loss_equals_the_training_loss():
+    model, tok = models.load("tiny-random-llama")
     ids, labels = batch(rows=5, ift=True)
-    chunked = mean_loss(model, ids, labels, batch_size=2)
+    chunked = heldout.score(model, ids, labels, tok.eos_token_id, batch_size=2)
     with torch.inference_mode():
         total = sum(float(token_losses(model, ids[i:i + 2], labels[i:i + 2], chunk=None)[0]) for i in range(0, 5, 2))
     assert chunked["tokens"] == int((labels[:, 1:] != IGNORE).sum())

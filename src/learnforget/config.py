@@ -23,8 +23,8 @@ TARGET_PRESETS = {
 EVAL_SEED = 1234  # seed of the fixed item sample of every benchmark task
 EVAL_BATCH = 16  # items per forward pass (multiple choice) / sequences per batch (generation)
 SVD_METHOD = "gram"  # spectrum: eigenvalues of the Gram matrix (~2x faster than svdvals; rank@90% is unaffected)
-FORGETTING_DEFAULT = ["hellaswag", "winogrande", "arc_challenge"]  # the paper's three
-LEARNING_TASK = {"code": "humaneval", "math": "gsm8k"}  # per domain: the learning task (the paper's)
+DOMAINS = ("code", "math")  # an experiment's domain; its learning task is the task registry's (evaluate/tasks)
+MARGINS = {"loss": 0.005, "kl": 0.002, "accuracy": 0.01}  # equivalence margins: differences smaller than these do not matter
 
 
 def _help(text: str, **kw):
@@ -111,6 +111,9 @@ class TrainConfig:
     eval_batch: int = _help("rows per held-out forward pass", default=8)
     extra_eval: list[str] = _help("more held-out sets scored at each checkpoint (e.g. gsm8k-test)", default_factory=list)
     skip_base_eval: bool = _help("do not score the held-out sets at step 0 (a study scores the base model once, not per run)", default=False)
+    kl_reference: Optional[str] = _help("folder with the base model's top-k next-token distributions per held-out set, for KL "
+                                        "drift at each checkpoint (null: <out>/reference, made when step 0 scores the base model; "
+                                        "a study makes one per experiment). A location, not part of the run's identity", default=None)
     log_every: int = _help("steps between metric log lines", default=1)
 
     def __post_init__(self):
@@ -166,10 +169,10 @@ class Experiment:
 
 @dataclass
 class EvalSpec:
-    forgetting: list[str] = _help("forgetting tasks, scored for the base model and the chosen checkpoints",
-                                  default_factory=lambda: list(FORGETTING_DEFAULT))
-    learning: dict[str, list[str]] = _help("per domain, the learning tasks (e.g. {code: [humaneval], math: [gsm8k]})",
-                                           default_factory=lambda: {d: [t] for d, t in LEARNING_TASK.items()})
+    forgetting: Optional[list[str]] = _help("forgetting tasks, scored for the base model and the chosen checkpoints "
+                                            "(null: the paper's three, from the task registry)", default=None)
+    learning: Optional[dict[str, list[str]]] = _help("per domain, the learning tasks (e.g. {code: [humaneval], math: []}; "
+                                                     "null: each domain's learning task from the task registry)", default=None)
     limit: Optional[int] = _help("items per task: a seeded fixed sample shared by every checkpoint (null: all)", default=200)
     generation_limit: Optional[int] = _help("items for generation tasks (gsm8k, humaneval): they cost ~100x more", default=50)
     heldout_tokens: int = _help("held-out tokens per set (target, general) at every checkpoint; 0 = none", default=8192)
@@ -181,15 +184,21 @@ class EvalSpec:
         "learning rates keep their held-out losses, and the study saves most of its evaluation time", default="all")
     seed: int = _help("seed of each task's item sample", default=EVAL_SEED)
     batch_size: int = _help("items per forward pass / sequences per generation batch", default=EVAL_BATCH)
+    margins: dict[str, float] = _help("equivalence margins: loss (nats/token), kl (nats/token), accuracy (fraction). A difference "
+                                      "whose 95% interval lies inside +-margin is reported as equivalent", default_factory=lambda: dict(MARGINS))
 
     def __post_init__(self):
         check_fields(self, "eval.")
+        unknown = sorted(set(self.margins) - set(MARGINS))
+        _need(not unknown, f"eval.margins: unknown signal(s) {unknown}; known: {sorted(MARGINS)}")
+        _need(all(v > 0 for v in self.margins.values()), f"eval.margins: every margin must be > 0, got {self.margins}")
+        self.margins = {**MARGINS, **self.margins}
 
 
 @dataclass
 class DiversitySpec:
-    task: Union[str, dict[str, Optional[str]]] = _help("one task (humaneval | gsm8k) for every domain, or per domain (null: none)",
-                                                       default_factory=lambda: dict(LEARNING_TASK))
+    task: Union[str, dict[str, Optional[str]], None] = _help("one task (humaneval | gsm8k) for every domain, or per domain "
+                                                             "(a null value: none; null: each domain's learning task)", default=None)
     problems: int = _help("problems: a seeded fixed sample, shared by every model", default=20)
     samples: int = _help("samples per problem: pass@k for k in 1, n/2, n", default=8)
     temperature: float = _help("sampling temperature", default=0.8)
@@ -204,12 +213,9 @@ class DiversitySpec:
     def __post_init__(self):
         check_fields(self, "analysis.diversity.")
         if isinstance(self.task, str):
-            self.task = {d: self.task for d in LEARNING_TASK}
-        _need(not set(self.task) - set(LEARNING_TASK),
+            self.task = {d: self.task for d in DOMAINS}
+        _need(self.task is None or not set(self.task) - set(DOMAINS),
               f"analysis.diversity.task: a task name or a mapping {{code: ..., math: ...}}, got {self.task!r}")
-
-    def task_for(self, domain: str) -> str | None:
-        return self.task.get(domain)
 
 
 @dataclass

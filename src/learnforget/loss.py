@@ -1,7 +1,6 @@
 """The training loss: next-token cross-entropy summed over supervised positions, chunked through the head.
 
-Used by training (train.loop) and by held-out scoring (evaluate.perplexity.mean_loss), so both compute
-the same number the same way.
+Used by training (train.loop); held-out scoring (heldout.py) takes the same logits chunk by chunk, per document.
 """
 
 from __future__ import annotations

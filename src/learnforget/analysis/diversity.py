@@ -212,7 +212,7 @@ def validate(task: str, problems: int, samples: int, temperature: float, top_p: 
 
 
 def row(result: dict, run_id: str, tokens: int) -> dict:
-    """The results.json `analysis.diversity` row (report.py / stats.diversity): means over problems, and
+    """The results.json `analysis.diversity` row (report/claims.py, claim g): means over problems, and
     `items` = distinct correct per problem, in the shared problem order (for the paired bootstrap)."""
     t = result["totals"]
     return {"run_id": run_id, "tokens": tokens, "task": result["task"], "n": result["samples"], "problems": result["problems"],

@@ -141,13 +141,14 @@ def run_choice(model, tok, name: str, items: list[ChoiceItem], metrics: tuple[st
 
 
 def run_perplexity(model, tok, task: Task, settings: Settings) -> dict:
+    from .. import heldout
     from ..data import corpora
-    from . import perplexity
 
     corpus, seq_len = task.config["corpus"], settings.ppl_seq_len
     t0 = time.perf_counter()
     ids, labels = corpora.heldout_set(corpus, tok, seq_len, settings.ppl_tokens)
-    res = perplexity.mean_loss(model, ids, labels, batch_size=max(1, min(settings.batch_size, 8)))
+    res = heldout.score(model, ids, labels, tok.eos_token_id, batch_size=max(1, min(settings.batch_size, 8)))
+    res["ppl"] = math.exp(min(res["loss"], 50.0))
     seconds = time.perf_counter() - t0
     return {"alias": task.name, "source": f"held-out split of '{corpus}', {ids.shape[0]} rows x {seq_len} tokens",
             "loss,none": res["loss"], "ppl,none": res["ppl"], "tokens": res["tokens"], "metric": "loss", "primary_key": "loss,none", "value": res["loss"],

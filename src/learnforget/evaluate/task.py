@@ -3,7 +3,7 @@
 A task says what kind it is and how to get its items; the runner does the rest:
   choice      items are `ChoiceItem`s, scored by log-likelihood (`scoring.py`); metrics acc / acc_norm
   generate    the task's own `run` generates and scores (gsm8k, humaneval, custom generation tasks)
-  perplexity  held-out text, mean token loss (`perplexity.py`)
+  perplexity  held-out text, mean token loss (`learnforget/heldout.py`)
 The registry of built-in tasks is `evaluate.tasks` (one file per benchmark); custom YAML tasks
 (`custom.py`) build the same record.
 """

@@ -6,7 +6,7 @@ evaluated, analysed, gathered into results.json, and reported.
     plan.py        the YAML read and checked, the grid expanded to runs (ids: hash of the resolved RunConfig)
     cost.py        FLOPs, time and memory estimates (--dry-run)
     training.py    train the pending runs here; executors.py: or as Ray tasks
-    evaluation.py  the base model's held-out losses, benchmark tasks per checkpoint
+    evaluation.py  the base model's held-out scores and KL references (before training), benchmark tasks per checkpoint
     analyse.py     spectrum, intruders, diversity
     cache.py       where each stage's results live, named by the hash of their inputs
     gather.py      results.json, and best_lr: each method's best learning rate
@@ -36,6 +36,7 @@ def main(args) -> int:
         return 0
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
+    evaluation.base_heldout(study, root, runs)  # before training: the runs score KL against the base's references
     if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; train_all then finds them done
         from . import executors
 

@@ -27,7 +27,7 @@ from ..analysis import diversity as div
 from ..config import AnalysisSpec, Study
 from . import cache
 from .gather import base_results, best_lr, run_row
-from .plan import PlannedRun
+from .plan import PlannedRun, diversity_task
 
 
 def _spectrum_rows(deltas: dict, rid: str, tokens: int, method: str) -> list[dict]:
@@ -73,12 +73,12 @@ def _todo(study: Study, root: Path, runs: list[PlannedRun]) -> tuple[list, list]
     if an.diversity is not None:
         d = an.diversity
         chosen = _diversity_runs(study, root, runs)
-        tasks = sorted({t for r in chosen if (t := d.task_for(r.experiment.domain))})
+        tasks = sorted({t for r in chosen if (t := diversity_task(d, r.experiment.domain))})
         if d.base:
             div_todo += [("base", None, t) for t in tasks]
         for r in chosen:
             cks = checkpoint.complete(Path(r.config.out))
-            task = d.task_for(r.experiment.domain)
+            task = diversity_task(d, r.experiment.domain)
             if cks and task:
                 div_todo.append((r.id, cks[-1], task))
         div_todo = [t for t in div_todo if not cache.diversity_path(root, d, t[2], t[0], t[1]).exists()]

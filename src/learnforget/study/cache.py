@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..config import AnalysisSpec, DiversitySpec, Study
-from .plan import PlannedRun
+from .plan import PlannedRun, forgetting_tasks, heldout_key, learning_tasks
 
 FRACTION = 0.9  # the paper's rank@90%: the rows call it rank90
 
@@ -63,7 +63,7 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 
 def tasks_for(study: Study, domain: str) -> list[str]:
-    return list(dict.fromkeys(list(study.eval.learning.get(domain, [])) + list(study.eval.forgetting)))
+    return list(dict.fromkeys(learning_tasks(study, domain) + forgetting_tasks(study)))
 
 
 def _eval_key(study: Study, tasks: list[str]) -> str:
@@ -90,9 +90,7 @@ def first_per_experiment(runs: list[PlannedRun]) -> list[PlannedRun]:
 
 def heldout_path(root: Path, r: PlannedRun) -> Path:
     """Cache key of the base model's held-out losses: everything that decides the held-out rows."""
-    c = r.config
-    spec = {"model": c.model, "data": asdict(c.data), "eval_tokens": c.train.eval_tokens, "extra_eval": c.train.extra_eval}
-    return root / "evals" / f"base-heldout-{r.experiment.name}-{key(spec)}.json"
+    return root / "evals" / f"base-heldout-{r.experiment.name}-{heldout_key(r.config)}.json"
 
 
 # ----------------------------------------------------------------------------- analysis

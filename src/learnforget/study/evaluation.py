@@ -1,8 +1,10 @@
-"""The study's evaluation stage: benchmark tasks per checkpoint, cached under <study>/evals/.
+"""The study's evaluation stages, cached under <study>/evals/: the base model on the held-out sets
+(before training), and benchmark tasks per checkpoint (after).
 
-Held-out losses (target domain and general text) come from the training runs themselves, which score
-them at every checkpoint; the base model's are scored here, once per experiment. Benchmark tasks are
-scored once per (checkpoint, evaluation spec).
+Held-out losses and KL drift (target domain and general text) come from the training runs, which score
+them per document at every checkpoint against the base model's top-k distributions; those, and the base
+model's own per-document losses, are made here once per experiment before any run trains. Benchmark
+tasks are scored once per (checkpoint, evaluation spec).
 """
 
 from __future__ import annotations
@@ -38,21 +40,41 @@ def chosen_runs(study: Study, root: Path, runs: list[PlannedRun]) -> list[Planne
 
 
 def _score_heldout(model, tok, cfg) -> dict:
-    from ..evaluate.perplexity import mean_loss
-    from ..train import heldout_sets
+    """The base model's per-document held-out scores; its top-k distributions saved as the runs' KL references."""
+    from ..train.heldout import heldout_sets, reference_dir, score_sets
 
-    return {name: mean_loss(model, ids, labels, batch_size=cfg.train.eval_batch)
-            for name, (ids, labels) in heldout_sets(cfg, tok).items()}
+    folder = reference_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    return score_sets(model, heldout_sets(cfg, tok), tok.eos_token_id, cfg.train.eval_batch, {}, keep_reference_in=folder)
+
+
+def _reference_complete(r: PlannedRun) -> bool:
+    names = ["target", *r.config.train.extra_eval]
+    return all((Path(r.config.train.kl_reference) / f"{n}.safetensors").exists() for n in names)
+
+
+def base_heldout(study: Study, root: Path, runs: list[PlannedRun]) -> None:
+    """Before training: the base model's held-out scores and KL references, once per experiment."""
+    from .. import models
+
+    todo = [r for r in cache.first_per_experiment(runs) if r.config.train.eval_tokens
+            and not (cache.heldout_path(root, r).exists() and _reference_complete(r))]
+    if not todo:
+        return
+    base, tok = models.load(study.model)
+    for r in todo:
+        print(f"[study] base model: held-out losses and KL reference for {r.experiment.name}", flush=True)
+        path = cache.heldout_path(root, r)
+        path.unlink(missing_ok=True)  # a reference is only made together with the scores it belongs to
+        cache.cached(path, lambda: _score_heldout(base, tok, r.config))
 
 
 def evaluate_all(study: Study, root: Path, runs: list[PlannedRun]) -> None:
-    """The base model's held-out losses (once per experiment), then benchmark tasks for the base model
-    (once per task set) and each chosen run's chosen checkpoints."""
+    """Benchmark tasks for the base model (once per task set) and each chosen run's chosen checkpoints."""
     from tqdm.auto import tqdm
 
     from .. import models
 
-    heldout_todo = [r for r in cache.first_per_experiment(runs) if r.config.train.eval_tokens and not cache.heldout_path(root, r).exists()]
     todo = []
     for domain in sorted({r.experiment.domain for r in runs}):
         tasks = cache.tasks_for(study, domain)
@@ -64,12 +86,9 @@ def evaluate_all(study: Study, root: Path, runs: list[PlannedRun]) -> None:
         chosen = cks if study.eval.tasks_at == "all" else cks[-1:]
         todo += [(r.id, ck, tasks) for ck in chosen if tasks]
     pending = [t for t in todo if not cache.eval_path(root, study, *t).exists()]
-    if not (pending or heldout_todo):
+    if not pending:
         return
     base, tok = models.load(study.model)
-    for r in heldout_todo:
-        print(f"[study] base model: held-out losses for {r.experiment.name}", flush=True)
-        cache.cached(cache.heldout_path(root, r), lambda: _score_heldout(base, tok, r.config))
     for rid, ck, tasks in tqdm(pending, desc="[study] evaluating checkpoints", unit="ckpt"):
         path = cache.eval_path(root, study, rid, ck, tasks)
         if ck is None:

@@ -1,4 +1,4 @@
-"""results.json (schema version 1, described in the report) from the run folders and the cached
+"""results.json (schema version 2, described in report/schema.py) from the run folders and the cached
 evaluations and analyses; and `best_lr`, the one rule for "each method's best learning rate"."""
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import numpy as np
 
 from .. import checkpoint
 from ..analysis import diversity as div
-from ..config import LEARNING_TASK, Study
+from ..config import DOMAINS, Study
+from ..evaluate import tasks as registry
 from . import cache
 from .cost import flops_per_token
-from .plan import PlannedRun, label
+from .plan import PlannedRun, diversity_task, label
 
 
 def best_lr(runs: list[dict], base_tasks: dict) -> set[str]:
     """The ids of the runs at their method's best learning rate: per (experiment, method label), the lr with
-    the best final learning-task metric if the base model was scored on one (its domain's LEARNING_TASK);
+    the best final learning-task metric if the base model was scored on one (its domain's learning task);
     ties or no metric: the lowest final held-out target loss; both averaged over seeds. `runs` are
     results.json rows; runs without a held-out target loss at their final checkpoint are not ranked."""
     groups: dict[tuple, dict[float, list[dict]]] = {}
@@ -32,7 +33,7 @@ def best_lr(runs: list[dict], base_tasks: dict) -> set[str]:
     for (_, _label), by_lr in groups.items():
         chosen, top = None, None
         for lr, rs in sorted(by_lr.items()):  # ascending: on a tie the lower lr stays
-            score = _final_score(rs, LEARNING_TASK.get(rs[0]["domain"]), base_tasks)
+            score = _final_score(rs, registry.learning_task(rs[0]["domain"]), base_tasks)
             if score is not None and (top is None or score > top):
                 chosen, top = rs, score
         best |= {r["id"] for r in chosen or ()}
@@ -68,6 +69,11 @@ def _heldout_key(study: Study, r: PlannedRun, name: str) -> str:
     return f"{r.experiment.regime}-{r.experiment.domain}" if name == "target" else "general" if name == study.eval.general else name
 
 
+def heldout_entry(v: dict) -> dict:
+    """A held-out set's results.json entry: mean loss, tokens, KL drift if scored, and the per-document units."""
+    return {k: v[k] for k in ("loss", "tokens", "kl", "units") if k in v}
+
+
 def base_results(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
     tasks: dict = {}
     for domain in sorted({r.experiment.domain for r in runs}):
@@ -75,11 +81,11 @@ def base_results(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
     heldout: dict = {}
     for r in cache.first_per_experiment(runs):
         for k, v in (cache.read(cache.heldout_path(root, r)) or {}).items():
-            heldout.setdefault(_heldout_key(study, r, k), {"loss": v["loss"], "tokens": v["tokens"]})
+            heldout.setdefault(_heldout_key(study, r, k), heldout_entry(v))
     for r in runs:  # a run that scored the base model itself at step 0 (skip_base_eval off)
         step0 = next((e for e in cache.metric_rows(Path(r.config.out)) if e["step"] == 0), None)
         for k, v in (step0["eval"] if step0 else {}).items():
-            heldout.setdefault(_heldout_key(study, r, k), {"loss": v["loss"], "tokens": v["tokens"]})
+            heldout.setdefault(_heldout_key(study, r, k), heldout_entry(v))
     return {"tasks": tasks, "heldout": heldout}
 
 
@@ -94,7 +100,7 @@ def run_row(study: Study, root: Path, r: PlannedRun) -> dict:
     for ck in checkpoint.complete(run_dir):
         man = checkpoint.manifest(ck)
         row = next((e for e in evals if e["step"] == man["step"]), {"eval": {}})
-        heldout = {("target" if k == "target" else "general" if k == study.eval.general else k): {"loss": v["loss"], "tokens": v["tokens"]}
+        heldout = {("target" if k == "target" else "general" if k == study.eval.general else k): heldout_entry(v)
                    for k, v in row["eval"].items()}
         tasks = _tasks(cache.eval_path(root, study, r.id, ck, cache.tasks_for(study, r.experiment.domain)))
         cks.append({"tokens": man["tokens"], "budget": man.get("tokens", man.get("epochs")), "flops": fpt * man["tokens"],
@@ -121,11 +127,11 @@ def analysis_rows(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
                          for row in (cache.read(path(root, an, r.id, ck)) or {"rows": []})["rows"]]
     if an.diversity is not None:
         d, rows = an.diversity, []
-        for task in sorted({t for r in runs if (t := d.task_for(r.experiment.domain))}):
+        for task in sorted({t for r in runs if (t := diversity_task(d, r.experiment.domain))}):
             if (res := cache.read(cache.diversity_path(root, d, task, "base", None))) is not None:
                 rows.append(div.row(res, "base", 0))
         for r in runs:
-            cks, task = checkpoint.complete(Path(r.config.out)), d.task_for(r.experiment.domain)
+            cks, task = checkpoint.complete(Path(r.config.out)), diversity_task(d, r.experiment.domain)
             if cks and task and (res := cache.read(cache.diversity_path(root, d, task, r.id, cks[-1]))) is not None:
                 rows.append(div.row(res, r.id, cache.tokens(cks[-1])))
         out["diversity"] = rows
@@ -141,10 +147,12 @@ def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
         row["best_lr"] = row["id"] in best
     note = "Q4 GGUF dequantised to fp32" if study.model in ("smollm2-135m", "gemma3-270m") else ""
     results = {
-        "version": 1,
+        "version": 2,
         "study": {"name": study.name, "model": study.model, "model_note": note, "created": datetime.now(timezone.utc).isoformat(),
                   "hardware": f"{platform.machine()} {platform.processor() or ''} {len(os.sched_getaffinity(0))} CPUs".strip(),
                   "config": asdict(study)},
+        "tasks": {"learning": {d: registry.learning_task(d) for d in DOMAINS}, "paper": registry.paper_forgetting()},
+        "margins": dict(study.eval.margins),
         "base": base,
         "runs": rows,
     }

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..analysis import diversity as div
-from ..config import DataSpec, DiversitySpec, Experiment, MethodConfig, RunConfig, Study, TrainConfig
+from ..config import DOMAINS, DataSpec, DiversitySpec, Experiment, MethodConfig, RunConfig, Study, TrainConfig
 from ..errors import UserError
+from ..evaluate import tasks
 from ..validate import Source, build, convert, dotted, hints, load_mapping
 
 NOT_A_GRID = ("checkpoints", "extra_eval", "betas")  # list-valued fields: a list is one value, not a grid
@@ -89,9 +90,24 @@ def load(path: str | Path) -> Study:
     return study
 
 
+def forgetting_tasks(study: Study) -> list[str]:
+    """The study's forgetting tasks: as given, or the paper's three from the task registry."""
+    return list(study.eval.forgetting) if study.eval.forgetting is not None else tasks.paper_forgetting()
+
+
+def learning_tasks(study: Study, domain: str) -> list[str]:
+    """The study's learning tasks of a domain: as given, or the registry's learning task of the domain."""
+    return list(study.eval.learning.get(domain, [])) if study.eval.learning is not None else [tasks.learning_task(domain)]
+
+
+def diversity_task(d: DiversitySpec, domain: str) -> str | None:
+    """The task whose solutions are sampled in a domain: as given (null: none), or the domain's learning task."""
+    return d.task.get(domain) if d.task is not None else tasks.learning_task(domain)
+
+
 def check_diversity(d: DiversitySpec) -> None:
     """The sampling options of each task: the same checks as `learnforget analyze --diversity`."""
-    for task in sorted({t for t in d.task.values() if t is not None}):
+    for task in sorted({t for dom in DOMAINS if (t := diversity_task(d, dom)) is not None}):
         div.validate(task, d.problems, d.samples, d.temperature, d.top_p, d.batch_size, d.max_new_tokens, where="analysis.diversity.")
 
 
@@ -118,7 +134,15 @@ class PlannedRun:
 def run_id(cfg: RunConfig) -> str:
     d = cfg.to_dict()
     d.pop("out")
+    d["train"].pop("kl_reference")  # where the base reference lives, like `out`: not what the run is
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def heldout_key(cfg: RunConfig) -> str:
+    """Hash of everything that decides a run's held-out rows: runs with the same key share the base model's
+    held-out scores and KL reference."""
+    spec = {"model": cfg.model, "data": asdict(cfg.data), "eval_tokens": cfg.train.eval_tokens, "extra_eval": cfg.train.extra_eval}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def label(cfg: RunConfig) -> str:
@@ -141,6 +165,8 @@ def expand(study: Study, root: Path) -> list[PlannedRun]:
             cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
             rid = run_id(cfg)
             cfg.out = str(root / "runs" / f"{exp.name}-{label(cfg)}-lr{train.lr:g}-s{seed}-{rid}")
+            # the base model's top-k distributions on this experiment's held-out sets (study/evaluation.py)
+            cfg.train.kl_reference = str(root / "evals" / f"reference-{exp.name}-{heldout_key(cfg)}")
             regularized = method.method == "full" and (train.weight_decay > 0 or method.attention_dropout > 0)
             runs.append(PlannedRun(exp, cfg, "full-regularized" if regularized else method.method, rid))
     return runs

@@ -1,13 +1,18 @@
-"""Held-out loss during training: the sets a run scores, and scoring them into metrics.jsonl."""
+"""Held-out scoring during training: the sets a run scores, per document, with KL drift from the base.
+
+At step 0 (the base model, unless a study scores it once for all its runs) each set's top-k next-token
+distribution is kept as the KL reference; every checkpoint is then scored for cross-entropy and
+KL(base || checkpoint) per held-out document (heldout.py), one metrics row per checkpoint.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .. import heldout
 from ..config import RunConfig
 from ..data import sources
 from ..data.corpora import Corpus, heldout_set
-from ..evaluate.perplexity import mean_loss
 from .record import log
 
 
@@ -23,12 +28,38 @@ def heldout_sets(cfg: RunConfig, tok, corpus: Corpus | None = None) -> dict:
     return sets
 
 
-def score(model, heldout: dict, batch: int, step: int, tokens: int, label: float, path: Path, writer) -> None:
-    """Mean loss on every held-out set, as one metrics row (and TensorBoard scalars)."""
-    row = {"step": step, "tokens": tokens, "budget": label, "eval": {}}
-    for name, (ids, labels) in heldout.items():
-        row["eval"][name] = mean_loss(model, ids, labels, batch_size=batch)
-        if writer:
-            writer.add_scalar(f"heldout/{name}_loss", row["eval"][name]["loss"], tokens)
-    log(path, row)
-    print("[learnforget] held-out loss at %s tokens: %s" % (f"{tokens:,}", ", ".join(f"{k} {v['loss']:.4f}" for k, v in row["eval"].items())), flush=True)
+def reference_dir(cfg: RunConfig) -> Path:
+    """Where the base model's KL references live: the study's shared folder, or the run's own."""
+    return Path(cfg.train.kl_reference) if cfg.train.kl_reference else Path(cfg.out) / "reference"
+
+
+def load_references(folder: Path, names) -> dict:
+    return {n: heldout.load_reference(p) for n in names if (p := folder / f"{n}.safetensors").exists()}
+
+
+def score_sets(model, sets: dict, eos_id: int, batch: int, references: dict, keep_reference_in: Path | None = None) -> dict:
+    """{set: held-out result} for every set; KL against `references` where one exists. With `keep_reference_in`
+    (the base model), each missing reference is made from this model and saved there (and added to `references`)."""
+    out = {}
+    for name, (ids, labels) in sets.items():
+        make = keep_reference_in is not None and name not in references
+        res = heldout.score(model, ids, labels, eos_id, batch, reference=references.get(name), top_k=heldout.TOP_K if make else 0)
+        if make:
+            references[name] = res.pop("reference")
+            heldout.save_reference(references[name], keep_reference_in / f"{name}.safetensors")
+        out[name] = res
+    return out
+
+
+def score(model, run, step: int, tokens: int, label: float) -> None:
+    """Score every held-out set as one metrics row (and TensorBoard scalars); step 0 keeps the KL references."""
+    ev = score_sets(model, run.heldout, run.tok.eos_token_id, run.cfg.train.eval_batch, run.references,
+                    reference_dir(run.cfg) if step == 0 else None)
+    for name, res in ev.items():
+        if run.writer:
+            run.writer.add_scalar(f"heldout/{name}_loss", res["loss"], tokens)
+            if "kl" in res:
+                run.writer.add_scalar(f"heldout/{name}_kl", res["kl"], tokens)
+    log(run.metrics, {"step": step, "tokens": tokens, "budget": label, "eval": ev})
+    print("[learnforget] held-out at %s tokens: %s" % (f"{tokens:,}", ", ".join(
+        f"{k} loss {v['loss']:.4f}" + (f" KL {v['kl']:.5f}" if "kl" in v else "") for k, v in ev.items())), flush=True)

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..loss import token_losses
 from . import methods, record
 from .budget import plan as plan_budget
-from .heldout import heldout_sets, score
+from .heldout import heldout_sets, load_references, reference_dir, score
 from .save import save_checkpoint, save_pissa_init
 
 
@@ -55,6 +55,7 @@ class Run:
     out: Path
     writer: Any = None
     step: int = 0
+    references: dict = field(default_factory=dict)  # per held-out set: the base model's top-k distribution (KL drift)
     # this session's training time (wall and CPU) and the tokens already trained when it started
     seconds: float = 0.0
     cpu_seconds: float = 0.0
@@ -75,8 +76,7 @@ class Run:
         return (self.tokens() - self.start_tokens) / max(self.seconds, 1e-9)
 
     def score(self, tokens: int, label: float) -> None:
-        score(self.acc.unwrap_model(self.model), self.heldout, self.cfg.train.eval_batch, self.step, tokens, label,
-              self.metrics, self.writer)
+        score(self.acc.unwrap_model(self.model), self, self.step, tokens, label)
 
 
 def run(cfg: RunConfig) -> dict:
@@ -120,7 +120,8 @@ def _setup(cfg: RunConfig) -> Run:
     counts = methods.parameter_counts(model)
     opt = methods.optimizer(model, cfg.method, t)
     sched = get_cosine_schedule_with_warmup(opt, int(t.warmup * plan["total_steps"]), plan["total_steps"])
-    r = Run(cfg, acc, model, tok, corpus, plan, heldout, opt, sched, counts, precision, Path(cfg.out))
+    r = Run(cfg, acc, model, tok, corpus, plan, heldout, opt, sched, counts, precision, Path(cfg.out),
+            references=load_references(reference_dir(cfg), heldout))
     if r.main:
         print(f"[learnforget] {cfg.method.label()} on {cfg.model}: trainable {counts['trainable']:,} of {counts['total']:,} "
               f"parameters ({100 * counts['trainable_fraction']:.2f}%); {plan['total_steps']} steps of "

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..cpu import onednn
-from ..errors import UserError
-from ..loss import IGNORE, _plain_head
+from .cpu import onednn
+from .data.corpora import IGNORE
+from .errors import UserError
+from .loss import _plain_head
 
 CHUNK = 1024  # positions whose full logits exist at once
 TOP_K = 64

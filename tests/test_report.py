@@ -239,6 +239,10 @@ def test_regularized_spectrum_and_diversity_claims():
         row["distinct_correct"], row["items"] = 0.0, [0.0] * 10
     g = [r for r in report.findings(res) if r["claim"] == "g"][0]
     assert g["verdict"] == "not run" and "no sample is correct for any model" in g["numbers"]
+    for row in analysis["diversity"]:  # distinct outputs, correct or not, still decide collapse (paired over problems)
+        row["distinct_items"] = [row["distinct"]] * 10
+    g = [r for r in report.findings(res) if r["claim"] == "g"]
+    assert [r["verdict"] for r in g] == ["not run", "reproduced"] and "correct or not" in g[1]["signal"]
 
 
 def _tasks_at_final_only(runs):

@@ -81,11 +81,18 @@ def test_study_runs_caches_and_reports(code_corpus, tmp_path, capsys):
     assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
     root = out / "tiny"
     results = json.loads((root / "results.json").read_text())
-    assert results["version"] == 1 and len(results["runs"]) == 3
+    assert results["version"] == 2 and len(results["runs"]) == 3
+    base = results["base"]["heldout"]
+    assert "cpt-code" in base and "general" in base and "kl" not in base["general"]
     for run in results["runs"]:
         assert [c["tokens"] for c in run["checkpoints"]] == [256, 512]
-        assert all(c["heldout"]["target"]["loss"] > 0 and c["heldout"]["general"]["loss"] > 0 for c in run["checkpoints"])
-    assert "cpt-code" in results["base"]["heldout"] and "general" in results["base"]["heldout"]
+        for c in run["checkpoints"]:
+            for name, ref in (("target", "cpt-code"), ("general", "general")):
+                h = c["heldout"][name]
+                # per document, on the base model's units; KL drift from the base's reference is positive once trained
+                assert h["loss"] > 0 and h["kl"] > 0 and len(h["units"]["kl"]) == len(base[ref]["units"]["tokens"])
+                assert h["units"]["tokens"] == base[ref]["units"]["tokens"]
+                assert abs(sum(h["units"]["loss"]) / sum(h["units"]["tokens"]) - h["loss"]) < 1e-9
     assert (root / "report" / "report.html").exists() and (root / "report" / "report.md").exists()
     capsys.readouterr()
     # a second run trains nothing: every run is cached
@@ -100,6 +107,9 @@ def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "3 runs; estimated training time" in out and "TFLOP" in out
     assert not (tmp_path / "s").exists()
+    # power: measured on the base model's per-document losses of the planned held-out sets
+    lines = [ln for ln in out.splitlines() if ln.startswith("code-cpt") and "held-out" in ln]
+    assert len(lines) == 2 and all(float(ln.split()[4]) > 0 for ln in lines)
     # the estimate counts the held-out scoring at every checkpoint: the same forward cost for every method
     monkeypatch.setattr(cost, "measure_matmul_flops", lambda seconds=1.0: 1e11)
     s = plan.load(write_study(tmp_path, code_corpus))

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="study YAML (see configs/)")
     s.add_argument("--out", default="runs/studies", help="where studies live (a study writes <out>/<name>/)")
     s.add_argument("--dry-run", action="store_true", help="print the plan with estimated FLOPs, time and memory; train nothing")
+    s.add_argument("--power", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --dry-run: also score the base model on the planned held-out sets (seconds) and print the "
+                        "smallest difference each signal can detect; --no-power plans without loading the model or data")
     s.add_argument("--executor", choices=KINDS, default="local",
                    help="local: train the runs one after another here; ray: each pending run is a Ray task "
                         "(resources per run: the study YAML's executor: num_cpus, num_gpus, memory_gb; needs "

@@ -104,16 +104,18 @@ def score(model, input_ids: torch.Tensor, labels: torch.Tensor, eos_id: int, bat
                     tops.append((idx.int().cpu(), v.cpu(), _log_rest(v).cpu()))
                 pos += len(t)
     model.train(was_training)
-    ce = torch.cat(ce_pos).double()
+    cat = lambda xs: torch.cat(xs).double() if xs else torch.zeros(0, dtype=torch.double)  # noqa: E731 (no scored token: IFT prompts only)
+    ce = cat(ce_pos)
     counts = torch.bincount(unit, minlength=n_units).double()
     out = {"loss": float(ce.sum() / max(len(ce), 1)), "tokens": len(ce),
            "units": {"loss": torch.zeros(n_units, dtype=torch.double).index_add_(0, unit, ce).tolist(), "tokens": counts.long().tolist()}}
     if reference is not None:
-        kl = torch.cat(kl_pos).double().clamp_min(0.0)  # float rounding can give -1e-7 where the two agree
+        kl = cat(kl_pos).clamp_min(0.0)  # float rounding can give -1e-7 where the two agree
         out["kl"] = float(kl.sum() / max(len(kl), 1))
         out["units"]["kl"] = torch.zeros(n_units, dtype=torch.double).index_add_(0, unit, kl).tolist()
     if top_k:
-        idx, v, rest = (torch.cat(x) for x in zip(*tops))
+        k = min(top_k, getattr(model.config, "vocab_size", top_k))
+        idx, v, rest = (torch.cat(x) for x in zip(*tops)) if tops else (torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k), torch.zeros(0))
         out["reference"] = {"idx": idx, "logp": v, "rest": rest, "hash": rows_hash(input_ids, labels)}
     return out
 

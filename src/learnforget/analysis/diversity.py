@@ -213,13 +213,15 @@ def validate(task: str, problems: int, samples: int, temperature: float, top_p: 
 
 def row(result: dict, run_id: str, tokens: int) -> dict:
     """The results.json `analysis.diversity` row (report/claims.py, claim g): means over problems, and
-    `items` = distinct correct per problem, in the shared problem order (for the paired bootstrap)."""
+    `items` = distinct correct per problem and `distinct_items` = distinct outputs per problem, in the shared
+    problem order (for the paired bootstrap; the second decides collapse where no model solves anything)."""
     t = result["totals"]
     return {"run_id": run_id, "tokens": tokens, "task": result["task"], "n": result["samples"], "problems": result["problems"],
             "correct": t["correct"]["mean"], "distinct": t["distinct"]["mean"], "distinct_correct": t["distinct_correct"]["mean"],
             "distinct_correct_ci": [t["distinct_correct"]["lo"], t["distinct_correct"]["hi"]],
             "pass_at_k": {str(k): t[f"pass@{k}"]["mean"] for k in result["ks"]},
             "items": [p["distinct_correct"] for p in result["per_problem"]],
+            "distinct_items": [p["distinct"] for p in result["per_problem"]],
             "problem_ids": [p["id"] for p in result["per_problem"]],
             "temperature": result["temperature"], "top_p": result["top_p"], "seed": result["seed"]}
 

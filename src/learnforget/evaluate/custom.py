@@ -36,12 +36,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
 
 from ..data import sources
 from ..errors import UserError
+from ..validate import load_mapping
 from . import generation
 from .summary import bar, summary
 from .task import ChoiceItem, Settings, Task, choice_item, sample
@@ -108,12 +107,7 @@ def load(path_str: str) -> CustomTask:
     path = Path(path_str).expanduser()
     if not path.is_file():
         raise UserError(f"{path}: custom task file does not exist")
-    try:
-        spec: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{path}: expected a mapping of keys (type, data, ...)")
+    spec, _ = load_mapping(path, "expected a mapping of keys (type, data, ...)")  # exponent numbers, line:col errors
     kind = spec.get("type")
     if kind not in ("multiple_choice", "generation"):
         raise UserError(f"{path}: field 'type' must be multiple_choice or generation, got {kind!r}")

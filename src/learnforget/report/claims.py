@@ -95,10 +95,30 @@ def _last_rows(rows: list[dict], s: Series, task: str) -> list[dict]:
     return [r for r in mine if r["tokens"] == last]
 
 
-def _diversity_row(rows, f: Series, lo: Series, task: str) -> Finding | None:
+def _units(rs: list[dict], key: str, field: str, who: str) -> dict:
+    return {key: stats.Units.of(key, [r[field] for r in rs], system=who)}
+
+
+def _distinct_outputs(f: Series, lo: Series, fr: list[dict], lr_: list[dict], task: str) -> list[Finding]:
+    """Collapse without correctness: distinct normalised outputs per problem, paired over problems."""
+    if not all("distinct_items" in r for r in fr + lr_):
+        return []
+    key = f"div-distinct:{task}"
+    dec = stats.compare(_units(lr_, key, "distinct_items", lo.who), _units(fr, key, "distinct_items", f.who), margin=0.0, higher_better=True)
+    nums = (f"distinct outputs per problem of {fr[0]['n']} samples: {lo.label} {np.mean([r['distinct'] for r in lr_]):.2f} vs "
+            f"{f.label} {np.mean([r['distinct'] for r in fr]):.2f}")
+    return [Finding("g", f.group, f"{lo.who} vs {f.who}", f"{task} distinct outputs, correct or not ({lo.label} - {f.label})",
+                    dec.verdict, dec.estimate, dec.ci, nums, RULES["diversity"], dec.note())]
+
+
+def _diversity_rows(rows, f: Series, lo: Series, task: str) -> list[Finding]:
     fr, lr_ = _last_rows(rows, f, task), _last_rows(rows, lo, task)
     if not (fr and lr_):
-        return None
+        return []
+    return [_diversity_row(f, lo, fr, lr_, rows, task), *_distinct_outputs(f, lo, fr, lr_, task)]
+
+
+def _diversity_row(f: Series, lo: Series, fr: list[dict], lr_: list[dict], rows: list[dict], task: str) -> Finding:
     vf, vl = np.mean([r["distinct_correct"] for r in fr]), np.mean([r["distinct_correct"] for r in lr_])
     base = [r["distinct_correct"] for r in rows if r["run_id"] == "base" and r["task"] == task]
     nums = f"distinct correct per problem: {lo.label} {vl:.2f} vs {f.label} {vf:.2f}" + (f" (base {np.mean(base):.2f})" if base else "")
@@ -109,8 +129,8 @@ def _diversity_row(rows, f: Series, lo: Series, task: str) -> Finding | None:
             f"the task is beyond this model, so it cannot test the claim"))
     if not all("items" in r for r in fr + lr_):
         return Finding("g", f.group, comp, what, stats.NOT_RUN, numbers=nums + "; no per-problem scores to pair")
-    units = lambda rs, who: {"div:" + task: stats.Units.of("div:" + task, [r["items"] for r in rs], system=who)}  # noqa: E731
-    dec = stats.compare(units(lr_, lo.who), units(fr, f.who), margin=0.0, higher_better=True)
+    key = "div:" + task
+    dec = stats.compare(_units(lr_, key, "items", lo.who), _units(fr, key, "items", f.who), margin=0.0, higher_better=True)
     return Finding("g", f.group, comp, what, dec.verdict, dec.estimate, dec.ci, nums, RULES["diversity"], dec.note())
 
 
@@ -118,8 +138,7 @@ def diversity(A: Analysis) -> list[Finding]:
     rows = (A.res.get("analysis") or {}).get("diversity")
     if not rows:
         return [Finding("g", "all", "", "", stats.NOT_RUN, numbers="no analysis.diversity in results.json")]
-    out = [row for _, f, lo in _full_lora_pairs(A) for task in sorted({r["task"] for r in rows})
-           if (row := _diversity_row(rows, f, lo, task))]
+    out = [row for _, f, lo in _full_lora_pairs(A) for task in sorted({r["task"] for r in rows}) for row in _diversity_rows(rows, f, lo, task)]
     return out or [Finding("g", "all", "", "", stats.NOT_RUN, numbers="no diversity rows for both a full and a LoRA run")]
 
 

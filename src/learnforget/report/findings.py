@@ -35,7 +35,8 @@ RULES = {
     "spectrum": f"median rank@90% of the full-FT update matrices / LoRA rank, one row per rank, bootstrap over matrices: "
                 f"reproduced if the 95% interval is above {SPECTRUM_RATIO:g}, not reproduced if below (the paper's 10-100x is "
                 f"against ranks 16-64 on 4096-wide matrices; a rank close to the matrix width cannot be exceeded 10x)",
-    "diversity": "paired bootstrap over problems of the per-problem distinct correct solutions",
+    "diversity": "paired bootstrap over problems of the per-problem distinct correct solutions, and of the distinct outputs "
+                 "(correct or not: collapse is measurable where no model solves the task)",
 }
 SIGNAL_NAME = {"metric": "learning task", "target": "held-out target loss", "signal": "forgetting score (tasks above chance)",
                "paper": "paper's 3-task mean", "general": "held-out general loss", "kl_general": "KL drift on general text",

@@ -5,6 +5,7 @@ evaluated, analysed, gathered into results.json, and reported.
 
     plan.py        the YAML read and checked, the grid expanded to runs (ids: hash of the resolved RunConfig)
     cost.py        FLOPs, time and memory estimates (--dry-run)
+    power.py       the smallest difference each signal can detect (--dry-run)
     training.py    train the pending runs here; executors.py: or as Ray tasks
     evaluation.py  the base model's held-out scores and KL references (before training), benchmark tasks per checkpoint
     analyse.py     spectrum, intruders, diversity
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import analyse, cost, evaluation, gather, plan, training
+from . import analyse, cost, evaluation, gather, plan, power, training
 
 
 def main(args) -> int:
@@ -33,6 +34,8 @@ def main(args) -> int:
     runs = plan.expand(study, root)
     if args.dry_run:
         cost.print_plan(cost.dry_run(study, runs))
+        if getattr(args, "power", True):
+            power.print_power(study, root, runs)
         return 0
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved

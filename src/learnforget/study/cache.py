@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import checkpoint
+from ..train import read_metrics
 from ..config import AnalysisSpec, DiversitySpec, Study
 from .plan import PlannedRun, forgetting_tasks, heldout_key, learning_tasks
 
@@ -48,15 +49,7 @@ def cached(path: Path, compute) -> dict:
 
 def metric_rows(run_dir: Path) -> list[dict]:
     """A run's metrics.jsonl rows that hold held-out losses (a torn last line from a kill is skipped)."""
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "eval" in row:
-            rows.append(row)
-    return rows
+    return [row for row in read_metrics(run_dir / "metrics.jsonl") if "eval" in row]
 
 
 # ----------------------------------------------------------------------------- evaluations

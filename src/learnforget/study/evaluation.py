@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..config import Study
+from ..errors import UserError
 from . import cache
 from .gather import base_results, best_lr, run_row
 from .plan import PlannedRun
@@ -66,7 +67,10 @@ def base_heldout(study: Study, root: Path, runs: list[PlannedRun]) -> None:
         print(f"[study] base model: held-out losses and KL reference for {r.experiment.name}", flush=True)
         path = cache.heldout_path(root, r)
         path.unlink(missing_ok=True)  # a reference is only made together with the scores it belongs to
-        cache.cached(path, lambda: _score_heldout(base, tok, r.config))
+        try:
+            cache.cached(path, lambda: _score_heldout(base, tok, r.config))
+        except UserError as e:  # bad data: its runs fail in training with the same error, named; the others go on
+            print(f"[study] base model: no held-out scores for {r.experiment.name}: {e}", flush=True)
 
 
 def evaluate_all(study: Study, root: Path, runs: list[PlannedRun]) -> None:

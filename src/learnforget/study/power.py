@@ -1,0 +1,94 @@
+"""Power before compute (--dry-run): the smallest difference each planned signal can detect.
+
+For held-out losses this is measured, in seconds: the base model scores the planned held-out sets per
+document, and the spread of its per-document losses gives the standard error of a mean loss. The
+figure is for two *unpaired* systems, an upper bound: the study pairs every comparison on the same
+documents, which removes the variance the systems share (most of it after short fine-tuning), and the
+report then states each row's own detectable difference. For benchmark accuracies it follows from
+the item count and the base accuracy (0.5, the worst case, when the base has not been scored yet).
+KL drift is zero for the base model: its spread is known only once runs have trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import stats
+from ..config import Study
+from ..errors import UserError
+from . import cache
+from .plan import PlannedRun, forgetting_tasks, learning_tasks
+
+MIN_UNITS = 20  # fewer documents (or items) than this make a percentile bootstrap unreliable
+CLAIMS_OF = {"target": "a, d, e (learning)", "general": "b, c (forgetting)", "task": "b (forgetting)", "learning": "a, d, e (learning)"}
+
+
+def _base_heldout(study: Study, root: Path, r: PlannedRun, loaded: dict) -> dict:
+    """The base model's per-document held-out scores: from the study's cache, else scored now (no reference kept)."""
+    cached = cache.read(cache.heldout_path(root, r))
+    if cached is not None:
+        return cached
+    from .. import heldout, models
+    from ..train.heldout import heldout_sets
+
+    if "model" not in loaded:
+        loaded["model"] = models.load(study.model)
+    model, tok = loaded["model"]
+    return {name: heldout.score(model, ids, labels, tok.eos_token_id, r.config.train.eval_batch)
+            for name, (ids, labels) in heldout_sets(r.config, tok).items()}
+
+
+def _row(experiment: str, signal: str, units: int, detectable: float, margin: float, claims: str, how: str) -> dict:
+    # a 95% interval's half-width is 1.96/2.8 of the detectable difference: equivalence needs it inside the margin
+    decides = "yes" if 1.96 / stats.Z_POWER * detectable < margin else f"only differences above {detectable:.3g}"
+    if units < MIN_UNITS:
+        decides += f"; only {units} units: too few for a bootstrap, raise the size"
+    return {"experiment": experiment, "signal": signal, "units": units, "detectable": detectable, "margin": margin,
+            "claims": claims, "decides": decides, "how": how}
+
+
+def _task_rows(study: Study, root: Path, exp: str, domain: str) -> list[dict]:
+    from ..evaluate import tasks as registry
+
+    base = cache.read(cache.eval_path(root, study, "base", None, cache.tasks_for(study, domain))) or {}
+    rows = []
+    for t, role in [(t, "learning") for t in learning_tasks(study, domain)] + [(t, "task") for t in forgetting_tasks(study)]:
+        kind = registry.get(t.split(":")[0]).kind if t.split(":")[0] in registry.names() else "choice"
+        n = study.eval.generation_limit if kind == "generate" else study.eval.limit
+        if n is None:
+            continue
+        p = base[t]["value"] if t in base else 0.5
+        rows.append(_row(exp, f"{t} accuracy", n, stats.min_detectable(p, n), study.eval.margins["accuracy"], CLAIMS_OF[role],
+                         "base accuracy " + (f"{p:.3f}" if t in base else "unknown (0.5 assumed)") + f", {n} items, unpaired"))
+    return rows
+
+
+def power(study: Study, root: Path, runs: list[PlannedRun]) -> list[dict]:
+    """One row per (experiment, signal): units, smallest detectable difference (80% power), margin, claims."""
+    rows, loaded = [], {}
+    for r in cache.first_per_experiment(runs):
+        exp = r.experiment.name
+        if r.config.train.eval_tokens:
+            for name, res in _base_heldout(study, root, r, loaded).items():
+                u = res["units"]
+                sig = "target" if name == "target" else "general"
+                rows.append(_row(exp, f"held-out {sig} loss", len(u["tokens"]), stats.loss_detectable(u["loss"], u["tokens"]),
+                                 study.eval.margins["loss"], CLAIMS_OF[sig], f"{sum(u['tokens']):,} tokens, base per-document spread, unpaired"))
+        rows += _task_rows(study, root, exp, r.experiment.domain)
+    return rows
+
+
+def print_power(study: Study, root: Path, runs: list[PlannedRun]) -> None:
+    try:
+        rows = power(study, root, runs)
+    except (UserError, OSError) as e:  # e.g. a hub model offline: the cost plan stands without it
+        print(f"power: not measured here ({e})")
+        return
+    print(f"\nSmallest difference each signal can detect (95% test, 80% power; unpaired, an upper bound: the study pairs "
+          f"every comparison on the same documents or items)\n{'experiment':<14} {'signal':<28} {'units':>6} {'detectable':>11} "
+          f"{'margin':>8}  {'claims':<20} decides within the margin?")
+    for row in rows:
+        print(f"{row['experiment']:<14} {row['signal']:<28} {row['units']:>6} {row['detectable']:>11.4f} {row['margin']:>8.4f}  "
+              f"{row['claims']:<20} {row['decides']}  ({row['how']})")
+    print("KL drift from the base: the base model's own KL is 0, so its spread is known only after training (the report "
+          "gives each comparison's interval and detectable difference).")

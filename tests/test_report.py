@@ -308,3 +308,14 @@ def test_mismatched_items_are_rejected():
     res["runs"][0]["checkpoints"][1]["tasks"]["piqa"]["items"].pop()
     with pytest.raises(UserError, match="runs\\[0\\].checkpoints\\[1\\].tasks.piqa.items"):
         report.validate(res)
+
+
+def test_general_loss_falling_while_drifting_is_explained():
+    from learnforget.report import claims, render
+
+    def note(res):
+        A = report.analyse(report.validate(res))
+        return [b[1] for b in render.blocks(A, claims.findings(A)) if b[0] == "p" and "quantisation error" in b[1]]
+
+    assert note(make_results()) == []  # general loss rises with training: CE shows the forgetting itself
+    assert len(note(make_results(general={"full": [2.95, 2.9, 2.85], "lora": [2.99, 2.98, 2.97]}))) == 1

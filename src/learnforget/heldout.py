@@ -2,7 +2,7 @@
 
 A held-out set is rows of packed documents, each ended by EOS. A *unit* is one document's tokens
 within one row (a document longer than a row is one unit per row), so every system is scored on the
-same units and report/stats.py can pair them. Per unit we keep sums (loss, KL) and the token count.
+same units and stats.py can pair them. Per unit we keep sums (loss, KL) and the token count.
 
 KL(base || tuned) per token needs the base model's next-token distribution at every held-out
 position. Storing it whole (positions x vocabulary) is 400 MB for 2,048 tokens of a 49k vocabulary,

@@ -1,5 +1,5 @@
 """The paper's claims (a)-(g) as findings, each decided by a paired bootstrap over the units its
-signal was measured on (report/stats.py): reproduced, not reproduced, equivalent, or not significant
+signal was measured on (learnforget/stats.py): reproduced, not reproduced, equivalent, or not significant
 with the difference the study could have detected. Each method is taken at its best learning rate."""
 
 from __future__ import annotations

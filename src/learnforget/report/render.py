@@ -118,7 +118,9 @@ def blocks(A: Analysis, found: list[Finding]) -> list[tuple]:
          ("ul", [f"{k}: {v}" for k, v in RULES.items()]),
          ("h2", "Forgetting signals side by side (final checkpoint minus base model, 95% intervals)"), _drift_table(A),
          ("p", "Agreement of the forgetting signals on claim (b): " + _agreement(A, found)), *_ce_fell_note(A),
-         ("h2", "Learning vs tokens"), ("fig", "learning", "Learning task metric and held-out target loss vs training tokens."),
+         ("h2", "Learning vs tokens"), ("fig", "learning", "Learning task metric and held-out target loss vs training tokens. Bands are each point's own "
+                                  "interval, which includes how much documents differ; the findings pair systems on the same "
+                                  "documents and are much tighter."),
          ("h2", "Forgetting vs tokens"),
          ("fig", "forgetting", "Forgetting score over the tasks where the base model is above chance, held-out general loss, "
                                "and KL drift from the base model on general text."),

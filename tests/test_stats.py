@@ -87,3 +87,13 @@ def test_interpolation_at_matched_learning_per_replicate():
     ys = np.array([[0.0, 0.0], [0.1, 0.2], [0.3, 0.4]])
     out = stats.interp_at(np.array([1.5, 1.5]), xs, ys)
     assert abs(out[0] - 0.2) < 1e-12 and np.isnan(out[1])  # replicate 2 never reaches 1.5
+
+
+def test_items_that_never_differ_are_not_equivalent_on_too_few_items():
+    same = np.r_[np.ones(20), np.zeros(30)]
+    a, b = {"t": Units.of("t", same, system="a")}, {"t": Units.of("t", same, system="b")}
+    d = stats.compare(a, b, margin=0.01, higher_better=True)
+    assert d.verdict == stats.NOT_SIGNIFICANT and d.ci == (-0.06, 0.06)  # rule of three: 3 / 50
+    many = np.r_[np.ones(400), np.zeros(600)]
+    a, b = {"t": Units.of("t", many, system="a")}, {"t": Units.of("t", many, system="b")}
+    assert stats.compare(a, b, margin=0.01, higher_better=True).verdict == stats.EQUIVALENT  # 3 / 1000 < 0.01

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import stats
-from .schema import HIGHER_BETTER, MARGIN_OF, MARGINS, Point, Series, base_point, series
+from ..config import MARGINS  # the defaults when results.json declares none
+from .schema import HIGHER_BETTER, MARGIN_OF, Point, Series, base_point, series
 from ..stats import Signal
 
 

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DOMAINS
 from ..errors import UserError
 from ..stats import Units
 
 VERSION = 2
 FAMILY_ORDER = {"full": 0, "full-regularized": 1, "lora": 2}
-DOMAINS = ("code", "math")
-MARGINS = {"loss": 0.005, "kl": 0.002, "accuracy": 0.01}  # defaults when results.json declares none
 
 
 def _need(obj, keys, where: str) -> None:

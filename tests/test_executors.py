@@ -95,3 +95,17 @@ def test_a_cluster_needs_an_absolute_study_folder(code_corpus, tmp_path):
     s = plan.load(write_study(tmp_path, code_corpus, methods=TWO_RUNS))
     with pytest.raises(UserError, match="give --out as an absolute path"):
         executors.train_ray(plan.expand(s, Path("runs/studies/tiny")), s.executor, address="auto")
+
+
+def test_local_workers_give_the_one_process_results(code_corpus, tmp_path, capsys):
+    """executor.workers: 2 trains two runs at once in spawned processes (1 thread each here, as the test pins)."""
+    one = write_study(tmp_path, code_corpus, methods=TWO_RUNS)
+    assert cli.main(["study", str(one), "--out", str(tmp_path / "one")]) == 0
+    (tmp_path / "w").mkdir()
+    two = write_study(tmp_path / "w", code_corpus, methods=TWO_RUNS, executor={"workers": 2})
+    capsys.readouterr()
+    assert cli.main(["study", str(two), "--out", str(tmp_path / "two")]) == 0
+    assert "2 runs to train (0 cached), 2 at a time" in capsys.readouterr().out
+    a = json.loads((tmp_path / "one" / "tiny" / "results.json").read_text())["runs"]
+    b = json.loads((tmp_path / "two" / "tiny" / "results.json").read_text())["runs"]
+    assert _stable(a) == _stable(b) and all(len(r["checkpoints"]) == 2 for r in b)

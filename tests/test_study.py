@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -180,3 +181,27 @@ def test_killed_study_resumes_to_the_same_results(code_corpus, tmp_path, kill_wh
     ref = json.loads((tmp_path / "ref" / "tiny" / "results.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "tiny" / "results.json").read_text())
     assert stable(resumed) == stable(ref)
+
+
+def _row(rid, lr, losses, label="full"):
+    held = {"loss": sum(losses) / (10 * len(losses)), "tokens": 10 * len(losses), "units": {"loss": list(losses), "tokens": [10] * len(losses)}}
+    return {"id": rid, "experiment": "code-cpt", "label": label, "lr": lr, "domain": "code", "regime": "cpt",
+            "checkpoints": [{"tokens": 100, "heldout": {"target": held}, "tasks": {}}]}
+
+
+def test_failed_runs_are_not_chosen_and_an_unbracketed_best_lr_is_flagged():
+    from learnforget.study.gather import mark_best
+
+    rng = np.random.default_rng(0)
+    base_units = 20 + rng.normal(0, 1, 40)
+    base = {"tasks": {}, "heldout": {"cpt-code": {"loss": 2.0, "tokens": 400, "units": {"loss": list(base_units), "tokens": [10] * 40}}}}
+    rows = [_row("lo", 1e-5, base_units - 0.5), _row("mid", 1e-4, base_units - 1.0),
+            _row("hi", 1e-3, base_units - 3.0),
+            _row("bad", 1e-2, base_units + 2.0), _row("nan", 1e-1, [float("nan")] * 40)]
+    best = mark_best(rows, base)
+    by = {r["id"]: r for r in rows}
+    assert by["bad"]["failed"].startswith("worse than the base model") and by["nan"]["failed"].startswith("diverged")
+    assert by["lo"]["failed"] is None and by["hi"]["failed"] is None
+    assert best == {"hi"} and by["hi"]["best_lr_edge"] is None  # 1e-3 is inside the grid that includes the failed lrs
+    del rows[3:]  # without the failed lrs, 1e-3 is the top of the grid: the optimum was not bracketed
+    assert mark_best(rows, base) == {"hi"} and rows[2]["best_lr_edge"] == "high"

@@ -247,12 +247,16 @@ class ExecutorSpec:
     num_cpus: float = _help("CPU cores per run; on CPU-only machines also torch's thread count in the worker", default=1.0)
     num_gpus: float = _help("GPUs per run (one training process per run; several GPUs per run: use accelerate launch)", default=0.0)
     memory_gb: Optional[float] = _help("RAM per run, so Ray does not start more runs than fit (see the dry run's est. GB)", default=None)
+    workers: int = _help("--executor local: runs trained at once, each in its own process with (cores / workers) torch threads. "
+                         "Small CPU matmuls scale poorly over threads: on 2 cores two 1-thread runs train faster than one "
+                         "2-thread run (benchmarks/speed.py measures it)", default=1)
 
     def __post_init__(self):
         check_fields(self, "executor.")
         _need(self.num_cpus > 0, f"executor.num_cpus: must be > 0, got {self.num_cpus}")
         _need(self.num_gpus >= 0, f"executor.num_gpus: must be >= 0, got {self.num_gpus}")
         _need(self.memory_gb is None or self.memory_gb > 0, f"executor.memory_gb: must be > 0, got {self.memory_gb}")
+        _need(self.workers >= 1, f"executor.workers: an integer >= 1, got {self.workers}")
 
 
 @dataclass
@@ -265,7 +269,7 @@ class Study:
     eval: EvalSpec = _help("benchmark tasks and held-out losses", default_factory=EvalSpec)
     seeds: list[int] = _help("training seeds: every run of the grid once per seed", default_factory=lambda: [0])
     seq_len: int = _help("tokens per training row", default=512)
-    executor: ExecutorSpec = _help("resources per run for --executor ray", default_factory=ExecutorSpec)
+    executor: ExecutorSpec = _help("local workers, or resources per run for --executor ray", default_factory=ExecutorSpec)
     analysis: Optional[AnalysisSpec] = _help("optional: spectrum, intruders, diversity (study/analyse.py)", default=None)
 
     def __post_init__(self):

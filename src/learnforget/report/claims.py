@@ -6,8 +6,9 @@ import numpy as np
 
 from .. import stats
 from .context import Analysis
-from .findings import FORGETTING, RULES, SPECTRUM_RATIO, Finding, at_matched_learning, at_tokens, growth, learned, sensitivity
+from .findings import FORGETTING, RULES, Finding, at_matched_learning, at_tokens, growth, learned, sensitivity
 from .schema import Series
+from .spectral import spectrum
 
 
 def _learn_sigs(A: Analysis, g: str) -> list[str]:
@@ -57,38 +58,6 @@ def _d_e(A: Analysis) -> list[Finding]:
     return rows
 
 
-def spectrum(A: Analysis) -> list[Finding]:
-    rows = (A.res.get("analysis") or {}).get("spectrum")
-    if not rows:
-        return [Finding("f", "all", "", "", stats.NOT_RUN, numbers="no analysis.spectrum in results.json")]
-    ranks = sorted({s.rank for s in A.series if s.family == "lora" and s.rank})
-    if not ranks:
-        return [Finding("f", "all", "", "", stats.NOT_RUN, numbers="no LoRA runs with a rank")]
-    lora_ids = {rid for s in A.series if s.family == "lora" for rid in s.run_ids}
-    out = []
-    for s in [s for s in A.best if s.family == "full"]:
-        mine = [r for r in rows if r["run_id"] in s.run_ids]
-        if not mine:
-            continue
-        last = max(r["tokens"] for r in mine)
-        at = [r for r in mine if r["tokens"] == last]
-        r90 = np.array([r["rank90"] for r in at], float)
-        frac, width = np.median([r["rank90"] / r["full_rank"] for r in at]), min(r["full_rank"] for r in at)
-        rng = np.random.default_rng(stats.SEED)
-        boot = np.median(r90[rng.integers(0, len(r90), (stats.N_BOOT, len(r90)))], axis=1)
-        lora_r90 = [r["rank90"] for r in rows if r["run_id"] in lora_ids]
-        extra = f"; LoRA updates' median rank@90% {np.median(lora_r90):.0f}" if lora_r90 else ""
-        for rank in ranks:
-            lo, hi = stats.interval(boot / rank)
-            cap = f"; at most {width / rank:.1f}x is possible on these matrices" if width < SPECTRUM_RATIO * rank else ""
-            verdict = stats.REPRODUCED if lo > SPECTRUM_RATIO else stats.NOT_REPRODUCED if hi < SPECTRUM_RATIO else stats.NOT_SIGNIFICANT
-            out.append(Finding("f", s.group, f"{s.who} vs LoRA rank {rank}", "rank@90% of the full-FT update / LoRA rank", verdict,
-                               float(np.median(r90) / rank), (lo, hi),
-                               f"median rank@90% {np.median(r90):.0f} over {len(r90)} matrices at {last:,} tokens "
-                               f"({frac:.0%} of full rank) vs LoRA rank {rank}{cap}{extra}", RULES["spectrum"]))
-    return out or [Finding("f", "all", "", "", stats.NOT_RUN, numbers="no spectrum rows for full fine-tuning runs")]
-
-
 def _last_rows(rows: list[dict], s: Series, task: str) -> list[dict]:
     mine = [r for r in rows if r["run_id"] in s.run_ids and r["task"] == task]
     last = max((r["tokens"] for r in mine), default=None)
@@ -115,7 +84,11 @@ def _diversity_rows(rows, f: Series, lo: Series, task: str) -> list[Finding]:
     fr, lr_ = _last_rows(rows, f, task), _last_rows(rows, lo, task)
     if not (fr and lr_):
         return []
-    return [_diversity_row(f, lo, fr, lr_, rows, task), *_distinct_outputs(f, lo, fr, lr_, task)]
+    correct, distinct = _diversity_row(f, lo, fr, lr_, rows, task), _distinct_outputs(f, lo, fr, lr_, task)
+    if correct.verdict == stats.NOT_RUN and distinct:  # nothing correct to count: the distinct outputs carry the claim
+        distinct[0].numbers += f"; {correct.numbers}"
+        return distinct
+    return [correct, *distinct]
 
 
 def _diversity_row(f: Series, lo: Series, fr: list[dict], lr_: list[dict], rows: list[dict], task: str) -> Finding:

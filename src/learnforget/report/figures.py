@@ -150,7 +150,7 @@ def fig_cost(A: Analysis):
 def fig_lr(A: Analysis):
     col = _colors(A)
     cols = ["metric", "target"] if "metric" in A.learn.values() else ["target"]
-    fig, axes = _grid(A, cols, "Learning-rate sensitivity: final checkpoint vs learning rate (filled marker = best lr)")
+    fig, axes = _grid(A, cols, "Learning-rate sensitivity: final checkpoint vs learning rate (filled = best lr, red x = failed run)")
     for gi, g in enumerate(A.groups):
         for ci, sig in enumerate(cols):
             ax = axes[gi][ci]
@@ -164,6 +164,11 @@ def fig_lr(A: Analysis):
                 for s, v in ss:
                     if s.best:
                         ax.plot([s.lr], [v[0]], "o", color=col[lab], ms=7, zorder=5)
+                    if s.failed:  # apart: a failed run is no evidence about its method
+                        ax.plot([s.lr], [v[0]], "x", color="red", ms=10, mew=2, zorder=6)
+            base = A.value(A.base[g], sig, g.split("/")[1])
+            if base:
+                ax.axhline(base[0], color="grey", ls=":", lw=1, label="base model")
             ax.set(xscale="log", xlabel="learning rate", ylabel=_ylabel(A, g, sig), title=f"{g}: {SIGNAL_NAME[sig]}")
             _legend_or_empty(ax)
     fig.tight_layout()

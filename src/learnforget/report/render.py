@@ -129,10 +129,29 @@ def blocks(A: Analysis, found: list[Finding]) -> list[tuple]:
          ("fig", "cost", "Learning vs training FLOPs, and vs trainable parameters at the final checkpoint (legend: peak memory)."),
          ("h2", "Learning-rate protocol"), ("fig", "lr_sensitivity", "Final learning metric vs learning rate per method (log x)."),
          ("table", ["experiment", "method", "lrs tried", "best lr", "learned?", "final learning metric", "final target loss"],
-          [[s.group, s.label, ", ".join(f"{x.lr:g}" for x in A.series if x.group == s.group and x.label == s.label), f"{s.lr:g}",
+          [[s.group, s.label, _lrs_tried(A, s), f"{s.lr:g}" + (f" (the {s.edge} edge of the grid: the optimum was not bracketed)"
+                                                                 if s.edge else ""),
             "yes" if s.learned else "no", ci(A.value(s.points[-1], "metric", s.domain)), ci(A.value(s.points[-1], "target", s.domain))]
-           for s in A.best])]
+           for s in A.best]), *_failed_blocks(A)]
     return B + _base_blocks(A) + _checkpoint_blocks(A) + _analysis_blocks(A)
+
+
+def _lrs_tried(A: Analysis, s) -> str:
+    return ", ".join(f"{x.lr:g}" + (" (failed)" if x.failed else "") for x in A.series if x.group == s.group and x.label == s.label)
+
+
+def _failed_blocks(A: Analysis) -> list[tuple]:
+    """Failed runs, apart: they show a wrong learning rate, so no verdict and no best-lr choice rests on them."""
+    bad = [s for s in A.series if s.failed]
+    none_left = sorted({(s.group, s.label) for s in bad} - {(s.group, s.label) for s in A.best})
+    out = [("h2", "Failed runs (kept out of every verdict and of the best-learning-rate choice)")]
+    if not bad:
+        return out + [("p", "None: every run ended with a held-out target loss below or within the interval of the base model's.")]
+    out.append(("table", ["experiment", "method", "lr", "why"], [[s.group, s.label, f"{s.lr:g}", s.failed] for s in bad]))
+    if none_left:
+        out.append(("p", "Every learning rate failed for " + ", ".join(f"{g} {lab}" for g, lab in none_left)
+                    + ": that method has no verdict; try lower learning rates."))
+    return out
 
 
 def _base_blocks(A: Analysis) -> list[tuple]:

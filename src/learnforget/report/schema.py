@@ -7,6 +7,7 @@
  "base": {"tasks": {task: TaskResult}, "heldout": {"general" | "<regime>-<domain>": HeldOut}},
  "runs": [{id, label, family (full | lora | full-regularized), regime (cpt | ift), domain (code | math), lr, rank,
            targets, seed, best_lr, trainable_params, total_params, peak_rss_mb, tokens_per_s,
+           [alpha, failed (why, or null), best_lr_edge (low | high | null: the best lr at the edge of its grid)],
            checkpoints: [{tokens, budget, flops, heldout: {target: HeldOut, general: HeldOut}, tasks: {task: TaskResult}}]}],
  "analysis": {spectrum: [...], intruders: [...], diversity: [...]}   (optional; study/analyse.py)}
 TaskResult = {metric, value, stderr, n, chance, items: one score per item, in an order shared by every system}.
@@ -158,6 +159,10 @@ class Series:
     best: bool
     points: list[Point] = field(default_factory=list)
     learned: bool = True  # final target loss below the base model's (set by claims.findings)
+    targets: str | None = None  # LoRA: attention | mlp | all
+    alpha: float | None = None  # LoRA alpha (absent in results.json: 2 * rank)
+    failed: str | None = None  # why the run failed (study.gather.failure): kept out of every verdict
+    edge: str | None = None  # best lr at the low / high edge of its grid: the optimum was not bracketed
 
     @property
     def who(self) -> str:
@@ -214,6 +219,9 @@ def series(res: dict) -> list[Series]:
         s = Series(group, domain, label, lr, r0["family"], r0["rank"], r0["trainable_params"], r0["total_params"],
                    max(r["peak_rss_mb"] or 0.0 for r in runs), sorted(r["seed"] for r in runs), [r["id"] for r in runs],
                    all(r["best_lr"] for r in runs))
+        s.targets, s.alpha = r0.get("targets"), r0.get("alpha") or (2.0 * r0["rank"] if r0["rank"] else None)
+        s.failed = next((r["failed"] for r in runs if r.get("failed")), None)
+        s.edge = r0.get("best_lr_edge")
         s.points = [_point(tok, float(np.mean([c["flops"] for c in cs])), cs, group, system) for tok, cs in sorted(by_tok.items())]
         out.append(s)
     return sorted(out, key=lambda s: (s.group, FAMILY_ORDER[s.family], s.label, s.lr))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from . import analyse, cost, evaluation, gather, plan, power, training
+from . import analyse, cost, evaluation, gather, plan, power, regret_plan, training
 
 
 def main(args) -> int:
@@ -33,7 +33,11 @@ def main(args) -> int:
     root = Path(args.out) / study.name
     runs = plan.expand(study, root)
     if args.dry_run:
-        cost.print_plan(cost.dry_run(study, runs))
+        plan_rows = cost.dry_run(study, runs)
+        cost.print_plan(plan_rows)
+        print("\nLoRA Without Regret checks this grid can make (report claims h-k):")
+        for line in regret_plan.checks(runs, {r.id: row["trainable"] for r, row in zip(runs, plan_rows)}):
+            print("  " + line)
         if getattr(args, "power", True):
             power.print_power(study, root, runs)
         return 0

@@ -26,7 +26,7 @@ from .. import checkpoint
 from ..analysis import diversity as div
 from ..config import AnalysisSpec, Study
 from . import cache
-from .gather import base_results, best_lr, run_row
+from .gather import base_results, mark_best, run_row
 from .plan import PlannedRun, diversity_task
 
 
@@ -57,7 +57,7 @@ def _diversity_runs(study: Study, root: Path, runs: list[PlannedRun]) -> list[Pl
     if d.runs == "all":
         return [r for r in runs if d.methods is None or r.config.method.label() in d.methods]
     rows = [run_row(study, root, r) for r in runs]
-    best = best_lr(rows, base_results(study, root, runs)["tasks"])
+    best = mark_best(rows, base_results(study, root, runs))
     return [r for r, row in zip(runs, rows) if r.id in best and r.family in ("full", "lora")
             and (d.methods is None or row["label"] in d.methods)]
 

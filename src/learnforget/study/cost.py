@@ -54,7 +54,7 @@ def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
         # memory: fp32 weights (+ grads + 2 Adam moments for what trains) + logits of one micro-batch
         trainable = n_total if m.method == "full" else n_lora
         mem = 4 * (n_total + 3 * trainable) + 4 * 3 * t.micro_batch * study.seq_len * V + 4 * 30 * t.micro_batch * study.seq_len * d * L
-        rows.append({"run": Path(r.config.out).name, "tokens": tokens, "epochs": t.epochs, "flops": flops,
+        rows.append({"run": Path(r.config.out).name, "tokens": tokens, "epochs": t.epochs, "flops": flops, "trainable": trainable,
                      "est_seconds": (flops + eval_flops) / (0.8 * rate) if flops else None, "est_peak_gb": mem / 1e9})
     return rows
 

@@ -15,7 +15,7 @@ from .. import checkpoint
 from ..config import Study
 from ..errors import UserError
 from . import cache
-from .gather import base_results, best_lr, run_row
+from .gather import base_results, mark_best, run_row
 from .plan import PlannedRun
 
 
@@ -32,11 +32,11 @@ def _evaluate(model, tok, study: Study, tasks: list[str]) -> dict:
 
 def chosen_runs(study: Study, root: Path, runs: list[PlannedRun]) -> list[PlannedRun]:
     """The runs that get benchmark tasks: all, or (tasks_runs: best_lr) each method's best learning rate
-    (gather.best_lr on what is scored so far: before any task, the held-out target loss decides)."""
+    (gather.mark_best on what is scored so far, never a failed run; before any task, the held-out target loss decides)."""
     if study.eval.tasks_runs == "all":
         return list(runs)
     trained = [r for r in runs if (Path(r.config.out) / "metrics.jsonl").exists()]
-    best = best_lr([run_row(study, root, r) for r in trained], base_results(study, root, runs)["tasks"])
+    best = mark_best([run_row(study, root, r) for r in trained], base_results(study, root, runs))
     return [r for r in runs if r.id in best]
 
 

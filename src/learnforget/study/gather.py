@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, stats
 from ..analysis import diversity as div
 from ..config import DOMAINS, Study
 from ..evaluate import tasks as registry
@@ -21,23 +21,63 @@ from .cost import flops_per_token
 from .plan import PlannedRun, diversity_task, label
 
 
-def best_lr(runs: list[dict], base_tasks: dict) -> set[str]:
-    """The ids of the runs at their method's best learning rate: per (experiment, method label), the lr with
-    the best final learning-task metric if the base model was scored on one (its domain's learning task);
-    ties or no metric: the lowest final held-out target loss; both averaged over seeds. `runs` are
-    results.json rows; runs without a held-out target loss at their final checkpoint are not ranked."""
+def failure(row: dict, base_heldout: dict) -> str | None:
+    """Why a run failed, or None: its final held-out target loss is not finite (diverged) or is above the base
+    model's beyond the 95% interval of the paired difference. A failed run says its learning rate was wrong,
+    not how its method learns: it is kept out of every verdict and of the best-learning-rate choice."""
+    final = max(row["checkpoints"], key=lambda c: c["tokens"], default=None)
+    t = (final or {}).get("heldout", {}).get("target")
+    if t is None:
+        return None
+    if not np.isfinite(t["loss"]):
+        return f"diverged: final held-out target loss {t['loss']}"
+    base = base_heldout.get(f"{row['regime']}-{row['domain']}")
+    if base is None or len(base["units"]["tokens"]) != len(t["units"]["tokens"]):
+        return None
+    key = f"{row['regime']}-{row['domain']}"
+    b = stats.Units.of(key, base["units"]["loss"], base["units"]["tokens"])
+    f = stats.Units.of(key, t["units"]["loss"], t["units"]["tokens"])
+    lo, hi = stats.interval(f.boot() - b.boot())
+    if lo > 0:
+        return (f"worse than the base model: final held-out target loss {f.value:.4f} vs {b.value:.4f} "
+                f"(difference {f.value - b.value:+.4f} [{lo:+.4f}, {hi:+.4f}])")
+    return None
+
+
+def best_lr(runs: list[dict], base_tasks: dict) -> dict[str, str | None]:
+    """The runs at their method's best learning rate, each id -> None, or "low"/"high" when that lr is the edge of
+    its grid (the optimum was not bracketed). Per (experiment, method label), the lr with the best final
+    learning-task metric if the base model was scored on one (its domain's learning task); ties or no metric:
+    the lowest final held-out target loss; both averaged over seeds. Failed runs (row["failed"]) and runs
+    without a held-out target loss at their final checkpoint are not ranked."""
     groups: dict[tuple, dict[float, list[dict]]] = {}
     for r in runs:
         groups.setdefault((r["experiment"], r["label"]), {}).setdefault(float(r["lr"]), []).append(r)
-    best: set[str] = set()
+    best: dict[str, str | None] = {}
     for (_, _label), by_lr in groups.items():
         chosen, top = None, None
         for lr, rs in sorted(by_lr.items()):  # ascending: on a tie the lower lr stays
+            if any(r.get("failed") for r in rs):
+                continue
             score = _final_score(rs, registry.learning_task(rs[0]["domain"]), base_tasks)
             if score is not None and (top is None or score > top):
                 chosen, top = rs, score
-        best |= {r["id"] for r in chosen or ()}
+        if chosen:
+            lrs, lr = sorted(by_lr), float(chosen[0]["lr"])
+            edge = None if len(lrs) < 2 else "low" if lr == lrs[0] else "high" if lr == lrs[-1] else None
+            best |= {r["id"]: edge for r in chosen}
     return best
+
+
+def mark_best(rows: list[dict], base: dict) -> set[str]:
+    """Set each row's `failed` (failure), `best_lr` and `best_lr_edge` (best_lr); return the best ids."""
+    for row in rows:
+        row["failed"] = failure(row, base["heldout"])
+    best = best_lr(rows, base["tasks"])
+    for row in rows:
+        row["best_lr"] = row["id"] in best
+        row["best_lr_edge"] = best.get(row["id"])
+    return set(best)
 
 
 def _final_score(rs: list[dict], task: str | None, base_tasks: dict) -> tuple | None:
@@ -110,6 +150,7 @@ def run_row(study: Study, root: Path, r: PlannedRun) -> dict:
         "id": r.id, "label": label(r.config),
         "family": r.family, "regime": r.experiment.regime, "domain": r.experiment.domain, "experiment": r.experiment.name,
         "lr": r.config.train.lr, "rank": m.rank if m.method == "lora" else None, "targets": m.targets if m.method == "lora" else None,
+        "alpha": m.alpha if m.method == "lora" else None,
         "seed": r.config.train.seed, "trainable_params": params["trainable"], "total_params": params["total"],
         "peak_rss_mb": info.get("peak_rss_mb"), "tokens_per_s": info.get("tokens_per_s_this_session"), "checkpoints": cks,
     }
@@ -142,9 +183,7 @@ def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
     """The whole results.json; each run row flags `best_lr` (the report's best-lr series read it)."""
     base = base_results(study, root, runs)
     rows = [run_row(study, root, r) for r in runs]
-    best = best_lr(rows, base["tasks"])
-    for row in rows:
-        row["best_lr"] = row["id"] in best
+    mark_best(rows, base)
     note = "Q4 GGUF dequantised to fp32" if study.model in ("smollm2-135m", "gemma3-270m") else ""
     results = {
         "version": 2,

@@ -1,20 +1,28 @@
-"""The study's training stage, local executor: the runs not done, one after another in this process."""
+"""The study's training stage, local executor: the runs not done, one after another in this process, or
+(`executor.workers: N`) N at a time, each in its own process with an equal share of the cores."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 from pathlib import Path
 
-from ..config import Study
+from ..config import RunConfig, Study
+from ..errors import UserError
 from .cost import dry_run
 from .plan import PlannedRun, status
 
 
 def train_all(study: Study, runs: list[PlannedRun]) -> None:
     """Train what is not done (a killed run resumes from its last checkpoint), printing an ETA."""
+    pending = [r for r in runs if status(r.config.out) != "done"]
+    if study.executor.workers > 1 and len(pending) > 1:
+        return _train_parallel(runs, pending, study.executor.workers)
     from .. import train
 
-    pending = [r for r in runs if status(r.config.out) != "done"]
     est = {r.id: row["est_seconds"] or 0.0 for r, row in zip(pending, dry_run(study, pending))} if pending else {}
     t0, spent, spent_est = time.time(), 0.0, 0.0
     for i, r in enumerate(runs, 1):
@@ -28,3 +36,48 @@ def train_all(study: Study, runs: list[PlannedRun]) -> None:
             tic = time.time()
             train.run(r.config)
             spent, spent_est = spent + time.time() - tic, spent_est + est[r.id]
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["TQDM_DISABLE"] = "1"  # several progress bars on one terminal garble each other; the parent reports
+
+
+def _train_one(config: dict) -> None:
+    from .. import train
+
+    train.run(RunConfig.from_dict(config))
+
+
+def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: int) -> None:
+    """Pending runs `workers` at a time in spawned processes; a failed run is named at the end, the others finish."""
+    from .. import models
+
+    for model in sorted({r.config.model for r in pending}):  # convert an embedded model once, not in every worker
+        if model in models.EMBEDDED:
+            models.resolve(model)
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    print(f"[study] {len(pending)} runs to train ({len(runs) - len(pending)} cached), {workers} at a time with "
+          f"{threads} thread(s) each", flush=True)
+    t0, failed = time.time(), []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
+        futs: dict[Future, PlannedRun] = {pool.submit(_train_one, r.config.to_dict()): r for r in pending}
+        left = set(futs)
+        while left:
+            done, left = wait(left, return_when=FIRST_COMPLETED)
+            for f in done:
+                name = Path(futs[f].config.out).name
+                progress = f"[study] {len(pending) - len(left)}/{len(pending)} trained (study elapsed {(time.time() - t0) / 60:.1f} min)"
+                if f.exception() is None:
+                    print(f"{progress}: {name}", flush=True)
+                    continue
+                e = f.exception()
+                line = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+                failed.append((name, line.splitlines()[0] if line else ""))
+                print(f"{progress}: {name} FAILED: {line}", file=sys.stderr, flush=True)
+    if failed:  # as with --executor ray: the others finished and are cached
+        lines = "\n".join(f"  {name}: {line}" for name, line in failed)
+        raise UserError(f"{len(failed)} of {len(pending)} training runs failed (the others are done and cached; "
+                        f"fix the cause and re-run the study to train only what is missing):\n{lines}")

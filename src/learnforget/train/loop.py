@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,8 @@ def _train(r: Run) -> None:
 
     R = r.plan["rows_per_step"]
     stream = r.corpus.train_rows(r.cfg.train.seed, start=r.step * R)
-    bar = tqdm(total=r.plan["total_steps"], initial=r.step, disable=not r.main, desc=r.cfg.method.label(), unit="step")
+    bar = tqdm(total=r.plan["total_steps"], initial=r.step, disable=not r.main or bool(os.environ.get("TQDM_DISABLE")),
+               desc=r.cfg.method.label(), unit="step")  # TQDM_DISABLE: set by parallel study workers
     r.model.train()
     while r.step < r.plan["total_steps"]:
         tic, cpu_tic = time.time(), time.process_time()

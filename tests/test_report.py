@@ -333,3 +333,20 @@ def test_general_loss_falling_while_drifting_is_explained():
 
     assert note(make_results()) == []  # general loss rises with training: CE shows the forgetting itself
     assert len(note(make_results(general={"full": [2.95, 2.9, 2.85], "lora": [2.99, 2.98, 2.97]}))) == 1
+
+
+def test_failed_runs_are_shown_apart_and_an_unbracketed_optimum_is_said(tmp_path):
+    res = make_results(lrs=(1e-4, 1e-3))
+    for r in res["runs"]:
+        r["failed"] = "diverged: final held-out target loss nan" if r["id"] == "lora-1" else None
+        r["best_lr_edge"] = "low" if r["best_lr"] else None
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    page = report.write(tmp_path).read_text()
+    assert "Failed runs (kept out of every verdict" in page and "diverged: final held-out target loss nan" in page
+    assert "0.01 (failed)" in page  # the lrs-tried column marks it
+    assert "the low edge of the grid: the optimum was not bracketed" in page and "at the edge of its grid" in page
+    for r in res["runs"]:
+        r["failed"], r["best_lr_edge"] = None, None
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    page = report.write(tmp_path).read_text()
+    assert "None: every run ended" in page and "at the edge of its grid" not in page

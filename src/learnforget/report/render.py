@@ -113,6 +113,7 @@ def blocks(A: Analysis, found: list[Finding]) -> list[tuple]:
          ("p", sentence), ("h2", "Findings"), ("ul", [f"({c}) {t}: {verdicts(c)}" for c, t in CLAIMS.items()]),
          ("table", ["claim", "experiment", "comparison", "signal", "verdict", "estimate [95% CI]", "numbers"],
           [_finding_cells(f) for f in found]),
+         *_edge_note(A),
          ("p", "How the verdicts are computed (each method at its best learning rate, as recorded by the study: best learning "
                "metric at the final checkpoint; ties, and studies without a learning task: lowest held-out target loss):"),
          ("ul", [f"{k}: {v}" for k, v in RULES.items()]),
@@ -134,6 +135,15 @@ def blocks(A: Analysis, found: list[Finding]) -> list[tuple]:
             "yes" if s.learned else "no", ci(A.value(s.points[-1], "metric", s.domain)), ci(A.value(s.points[-1], "target", s.domain))]
            for s in A.best]), *_failed_blocks(A)]
     return B + _base_blocks(A) + _checkpoint_blocks(A) + _analysis_blocks(A)
+
+
+def _edge_note(A: Analysis) -> list[tuple]:
+    edges = [s for s in A.best if s.edge]
+    if not edges:
+        return []
+    return [("p", "Best learning rate at the edge of its grid, so the optimum was not bracketed and the method may do better "
+                  "at a learning rate not tried: " + "; ".join(f"{s.group} {s.label} at lr {s.lr:g} (the {s.edge} edge)" for s in edges)
+             + ". The verdicts involving it compare that method at the best learning rate tried.")]
 
 
 def _lrs_tried(A: Analysis, s) -> str:

@@ -21,6 +21,13 @@ TRAIN_SPECS = (DataSpec, MethodConfig, TrainConfig)
 WITH_CONFIG = ("train", "eval", "analyze")  # the verbs that read --config FILE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the option and the problem, then where the help is), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser_for(tp):
     """argparse `type=` for a declared field type: comma lists for list/tuple fields."""
     if type(None) in typing.get_args(tp):  # Optional[X]: X (None is the default, never typed)
@@ -80,7 +87,7 @@ def _config_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="learnforget", description="LoRA vs full fine-tuning: what each learns and forgets.")
+    p = _Parser(prog="learnforget", description="LoRA vs full fine-tuning: what each learns and forgets.")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; 1 is faster when other heavy processes share the cores)")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -61,6 +61,20 @@ def analyze(base, checkpoint: Path, fraction: float = 0.9, k: int = 10, eps=(0.5
     return out
 
 
+def parse_eps(text: str) -> tuple[float, ...]:
+    """--eps: comma-separated cosine thresholds, each in (0, 1]."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        try:
+            e = float(item)
+        except ValueError:
+            raise UserError(f"--eps: expected comma-separated numbers in (0, 1], got {item!r} in {text!r}") from None
+        if not 0 < e <= 1:
+            raise UserError(f"--eps: each threshold is a cosine similarity in (0, 1], got {e:g}")
+        out.append(e)
+    return tuple(out)
+
+
 def main(args) -> int:
     from .. import models
 
@@ -70,7 +84,15 @@ def main(args) -> int:
         return diversity.main(args)
     if not args.base or not args.checkpoint:
         raise UserError("analyze: --base and --checkpoint are required (or use `analyze diversity`)")
-    eps = tuple(float(e) for e in args.eps.split(","))
+    eps = parse_eps(args.eps)
+    if not 0 < args.fraction <= 1:
+        raise UserError(f"--fraction: expected a number in (0, 1], got {args.fraction:g}")
+    if args.k < 1:
+        raise UserError(f"--k: expected a positive number of singular vectors, got {args.k}")
+    from .. import checkpoint as ckpt
+
+    for ck in args.checkpoint:  # every folder checked before the (slow) base model load
+        ckpt.check(ck)
     base, _ = models.load(args.base)
     results = []
     base_U: dict = {}  # the base's singular vectors: computed for the first checkpoint, reused after

@@ -30,8 +30,9 @@ EVAL_ONLY = {"gsm8k-test", "general-text"}  # sets that are never trained on: al
 class Corpus:
     """A corpus split into train and held-out items, able to stream packed rows."""
 
-    def __init__(self, spec: DataSpec, tokenizer):
-        self.spec, self.tok = spec, tokenizer
+    def __init__(self, spec: DataSpec, tokenizer, own_fraction: bool = True):
+        # own_fraction: the held-out fraction is the user's --heldout-fraction (not an extra eval set's fixed one)
+        self.spec, self.tok, self.own_fraction = spec, tokenizer, own_fraction
         if tokenizer.eos_token_id is None:
             raise UserError("tokenizer has no EOS token: cannot separate packed documents")
         if spec.regime == "cpt":
@@ -86,6 +87,45 @@ class Corpus:
                 raise UserError(f"{self.spec.source}: the whole training split is shorter than one sequence of {self.spec.seq_len} tokens")
             epoch += 1
 
+    def check_train(self) -> None:
+        """Raise now what train_rows would raise at the first step: no training document, or too little text."""
+        src = self.spec.source
+        if not self.train:
+            if self.heldout and len(self.heldout) == 1:
+                raise UserError(f"{src}: its only document fell in the held-out split; give several documents, or "
+                                f"--heldout-fraction 0 --eval-tokens 0 to train on it without held-out loss")
+            raise UserError(f"{src}: no training documents left after the held-out split; lower --heldout-fraction")
+        if next(self._rows(self.train), None) is None:
+            raise UserError(f"{src}: the whole training split ({len(self.train)} document{'s' * (len(self.train) > 1)}) is "
+                            f"shorter than one sequence of {self.spec.seq_len} tokens; lower --seq-len or add text")
+
+    def _one_document(self) -> UserError:
+        alternative = " or --eval-tokens 0 to train without held-out loss" if self.own_fraction else ""
+        return UserError(f"{self.spec.source}: a single document cannot be split into training and held-out text; "
+                         f"give several documents (files, JSONL lines){alternative}")
+
+    def _short_heldout(self) -> UserError:
+        """The error for a held-out split without one full sequence, with the advice that fits the corpus."""
+        src, L, f = self.spec.source, self.spec.seq_len, self.spec.heldout_fraction
+        n, k = len(self.train) + len(self.heldout), len(self.heldout)
+        if n == 1:
+            return self._one_document()
+        if not self.heldout:
+            return UserError(f"{src}: --heldout-fraction {f:g} holds out no document; set it above 0, "
+                             f"or --eval-tokens 0 to train without held-out loss")
+        total = 0
+        for item in self.heldout + self.train:  # counted only as far as the advice needs
+            total += len(self.encode(item)[0])
+            if total >= 2 * L:
+                break
+        if k == n or total < 2 * L:
+            return UserError(f"{src}: the whole {'set' if k == n else 'corpus'} has {total} tokens, too few for "
+                             f"{'one sequence' if k == n else 'a training and a held-out sequence'} of {L} tokens; "
+                             f"lower --seq-len or add text")
+        advice = f"raise --heldout-fraction (now {f:g})" if self.own_fraction else f"add text (its held-out fraction is fixed at {f:g})"
+        return UserError(f"{src}: the held-out split ({k} of {n} documents) is shorter than one sequence of {L} tokens; "
+                         f"{advice} or lower --seq-len")
+
     def rows_per_epoch(self) -> int:
         return sum(1 for _ in self._rows(self.train))
 
@@ -98,7 +138,7 @@ class Corpus:
             if len(rows) == n:
                 break
         if not rows:
-            raise UserError(f"{self.spec.source}: held-out split has fewer than {self.spec.seq_len} tokens; raise --heldout-fraction")
+            raise self._short_heldout()
         ids = torch.tensor([r[0] for r in rows])
         labels = torch.tensor([r[1] for r in rows])
         return ids, labels
@@ -127,5 +167,5 @@ def heldout_set(source: str, tokenizer, seq_len: int, max_tokens: int, regime: s
                 heldout_fraction: float = 0.05, **fields) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) of held-out rows of a corpus: the target/general-text loss signal."""
     regime = regime or sources.regime_of(source) or "cpt"
-    corpus = Corpus(DataSpec(source, regime, seq_len, heldout_fraction, **fields), tokenizer)
+    corpus = Corpus(DataSpec(source, regime, seq_len, heldout_fraction, **fields), tokenizer, own_fraction=False)
     return corpus.heldout_rows(max_tokens)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint, models
+from .. import checkpoint, integrity, locks, models
 from ..config import RunConfig
 from ..cpu import onednn
 from ..data.corpora import IGNORE, Corpus
@@ -61,6 +61,8 @@ class Run:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     start_tokens: int = 0
+    lock: Any = None  # the run folder's lock (main process), held to the end of run()
+    opened: bool = False  # True once this process has made the run folder its own (run.json: running)
     metrics: Path = field(init=False)
 
     def __post_init__(self):
@@ -81,12 +83,32 @@ class Run:
 
 
 def run(cfg: RunConfig) -> dict:
+    """Train one run into cfg.out (resuming it, or at once returning its record when it is done). A run that
+    fails once its folder is open leaves run.json with status "failed" and the error."""
     t0 = time.time()
+    done = record.finished(Path(cfg.out), cfg.to_dict())
+    if done is not None:
+        print(f"[learnforget] {cfg.out}: already trained (run.json: done); nothing to do", flush=True)
+        return done
     record.reset_peak_rss()
-    r = _setup(cfg)
-    _resume(r)
-    _train(r)
-    return _record(r, time.time() - t0)
+    r = _setup(cfg)  # every input check, before the run folder is touched
+    try:
+        done = _open(r)
+        if done is not None:
+            if r.main:
+                print(f"[learnforget] {cfg.out}: trained by the other process meanwhile (run.json: done); nothing to do", flush=True)
+            return done
+        _resume(r)
+        _train(r)
+        return _record(r, time.time() - t0)
+    except Exception as e:
+        if r.opened:
+            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                record.mark_failed(r.out, cfg.to_dict(), e)
+        raise
+    finally:
+        if r.lock is not None:
+            r.lock.release()
 
 
 # ---------------------------------------------------------------- setup
@@ -114,6 +136,7 @@ def _setup(cfg: RunConfig) -> Run:
     corpus = Corpus(cfg.data, tok)
     plan = plan_budget(cfg, corpus, acc.num_processes)
     heldout = heldout_sets(cfg, tok, corpus)
+    corpus.check_train()  # what the first step would find wrong with the data, found now
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -121,19 +144,34 @@ def _setup(cfg: RunConfig) -> Run:
     counts = methods.parameter_counts(model)
     opt = methods.optimizer(model, cfg.method, t)
     sched = get_cosine_schedule_with_warmup(opt, int(t.warmup * plan["total_steps"]), plan["total_steps"])
-    r = Run(cfg, acc, model, tok, corpus, plan, heldout, opt, sched, counts, precision, Path(cfg.out),
-            references=load_references(reference_dir(cfg), heldout))
+    r = Run(cfg, acc, model, tok, corpus, plan, heldout, opt, sched, counts, precision, Path(cfg.out))
     if r.main:
         print(f"[learnforget] {cfg.method.label()} on {cfg.model}: trainable {counts['trainable']:,} of {counts['total']:,} "
               f"parameters ({100 * counts['trainable_fraction']:.2f}%); {plan['total_steps']} steps of "
               f"{plan['rows_per_step']} x {cfg.data.seq_len} tokens; {len(corpus.train)} train / {len(corpus.heldout)} held-out documents", flush=True)
-        record.prepare_run_dir(r.out, cfg.to_dict())
-        if cfg.method.method == "lora" and cfg.method.init == "pissa" and not (r.out / "pissa-init").exists():
-            save_pissa_init(model, r.out / "pissa-init")
-    acc.wait_for_everyone()
-    r.model, r.opt = acc.prepare(model, opt)
-    acc.register_for_checkpointing(sched)
     return r
+
+
+def _open(r: Run) -> dict | None:
+    """Take the run folder (its lock: another process training this run is waited for), make it this run's;
+    the record of the run if it turned out done meanwhile, else None."""
+    cfg = r.cfg
+    if r.main:
+        r.out.mkdir(parents=True, exist_ok=True)
+        r.lock = locks.Lock(r.out, "run folder")
+        if record.finished(r.out, cfg.to_dict()) is None:
+            record.prepare_run_dir(r.out, cfg.to_dict())
+            r.opened = True
+            if cfg.method.method == "lora" and cfg.method.init == "pissa" and not (r.out / "pissa-init").exists():
+                save_pissa_init(r.model, r.out / "pissa-init")
+    r.acc.wait_for_everyone()
+    done = record.finished(r.out, cfg.to_dict())
+    if done is not None:
+        return done
+    r.references = load_references(reference_dir(cfg), r.heldout)  # read now: a replaced failed start took its own away
+    r.model, r.opt = r.acc.prepare(r.model, r.opt)
+    r.acc.register_for_checkpointing(r.sched)
+    return None
 
 
 # ---------------------------------------------------------------- resume
@@ -141,11 +179,15 @@ def _setup(cfg: RunConfig) -> Run:
 
 def _resume(r: Run) -> None:
     """Continue from the last complete checkpoint, if any: its state, the metrics up to it, its held-out loss."""
-    done = checkpoint.complete(r.out)
+    done = checkpoint.complete(r.out)  # each one verified: a damaged checkpoint is refused, by name
     if done:
-        r.step = checkpoint.manifest(done[-1])["step"]
-        if (done[-1] / "resume").exists():
-            r.acc.load_state(str(done[-1] / "resume"))
+        info = checkpoint.manifest(done[-1])
+        r.step = info["step"]
+        if any(f.startswith("resume/") for f in info["files"]):  # listed, so present at its recorded size
+            try:
+                r.acc.load_state(str(done[-1] / "resume"))
+            except Exception as e:
+                raise UserError(f"checkpoint {done[-1]}: cannot restore its resume state ({integrity.first_line(e)})") from None
         elif r.step < r.plan["total_steps"]:
             raise UserError(f"{done[-1]}: no resume state to continue from (it is kept for the newest checkpoint only)")
         if r.main:

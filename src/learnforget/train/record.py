@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 from pathlib import Path
 
 import torch
@@ -45,17 +46,60 @@ def versions() -> dict:
             "peft": peft.__version__, "accelerate": accelerate.__version__, "learnforget": __import__("learnforget").__version__}
 
 
+def read_run(out: Path) -> dict | None:
+    """A run folder's run.json, or None if there is none yet."""
+    record = Path(out) / "run.json"
+    if not record.exists():
+        return None
+    try:
+        return json.loads(record.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{record}: not valid JSON (damaged); delete it to start the run afresh, or choose another --out") from None
+
+
+def finished(out: Path, resolved: dict) -> dict | None:
+    """The record of this same run if it is done (then there is nothing to train), else None."""
+    previous = read_run(out)
+    if previous and previous.get("status") == "done" and previous.get("config") == json.loads(json.dumps(resolved)):
+        return previous
+    return None
+
+
+def trained(out: Path) -> bool:
+    """True if the folder keeps anything of training: a checkpoint, or a metrics row after step 0."""
+    root = out / "checkpoints"
+    if root.exists() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return True
+    return any(row.get("step", 0) > 0 for row in read_metrics(out / "metrics.jsonl"))
+
+
+# what a run writes in its folder: removed whole when a run that never trained a step is replaced
+RUN_FILES = ("run.json", "metrics.jsonl", "tb", "reference", "pissa-init", "checkpoints")
+
+
 def prepare_run_dir(out: Path, resolved: dict) -> None:
-    """Create the run folder, or check that an existing one holds this same run (then we resume)."""
-    record = out / "run.json"
-    if record.exists():
-        previous = json.loads(record.read_text()).get("config")
-        if previous != json.loads(json.dumps(resolved)):
+    """Create the run folder, or check that an existing one holds this same run (then we resume). A folder
+    whose run stopped before its first step (a failed start) holds nothing to keep: a new config replaces it."""
+    previous = read_run(out)
+    resolved = json.loads(json.dumps(resolved))
+    if previous is not None and previous.get("config") != resolved:
+        if trained(out):
             raise UserError(f"{out}: holds a different run (its run.json config differs); choose another --out or delete it")
+        print(f"[learnforget] {out}: replacing a run that stopped before training a step "
+              f"(status {previous.get('status', 'running')}, a different config)", flush=True)
+        for name in RUN_FILES:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.clean_partial(out)
-    if not record.exists():
-        write_json_atomic(record, {"status": "running", "config": resolved, "versions": versions()})
+    write_json_atomic(out / "run.json", {"status": "running", "config": resolved, "versions": versions()})
+
+
+def mark_failed(out: Path, resolved: dict, error: BaseException) -> None:
+    """run.json of a run that stopped on an error: status failed, and the error (its checkpoints stay resumable)."""
+    message = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    write_json_atomic(out / "run.json", {"status": "failed", "error": message, "config": json.loads(json.dumps(resolved)),
+                                         "versions": versions()})
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from .. import checkpoint
+from .. import checkpoint, integrity
 from ..config import RunConfig
+from ..errors import UserError
 
 
 def save_pissa_init(model, path: Path) -> None:
@@ -18,11 +20,27 @@ def save_pissa_init(model, path: Path) -> None:
 
 
 def save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, tokens: int, label: float, unit: str) -> None:
-    """Every process saves its resume state (RNG included); the main process adds the weights and commits."""
+    """Every process saves its resume state (RNG included); the main process adds the weights and commits.
+    A write that fails (a full disk: OSError, SafetensorError, RuntimeError from torch.save) removes the
+    half-written folder and is a UserError: the previous checkpoint, untouched, is where a re-run resumes."""
+    tmp = out / "checkpoints" / f".tmp-{checkpoint.name_for(tokens)}"  # every process writes its RNG state here
+    try:
+        _write(acc, model, tok, cfg, out, tokens, {"step": step, "tokens": tokens, unit: label, "method": cfg.method.label(),
+                                                 "base_model": cfg.model})
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        before = [p.name for p in checkpoint.complete(out)]
+        kept = (f"the previous checkpoint {before[-1]} is intact: fix the cause (a full disk?) and re-run the same command "
+                f"to resume from it" if before else "fix the cause (a full disk?) and re-run the same command")
+        raise UserError(f"cannot write checkpoint {tmp.parent / checkpoint.name_for(tokens)} ({integrity.first_line(e)}); {kept}") from None
+    acc.wait_for_everyone()
+
+
+def _write(acc, model, tok, cfg: RunConfig, out: Path, tokens: int, info: dict) -> None:
     if acc.is_main_process:
         checkpoint.staging(out, tokens)
     acc.wait_for_everyone()
-    tmp = out / "checkpoints" / f".tmp-{checkpoint.name_for(tokens)}"  # every process writes its RNG state here
+    tmp = out / "checkpoints" / f".tmp-{checkpoint.name_for(tokens)}"
     acc.save_state(str(tmp / "resume"))
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(model)
@@ -34,5 +52,4 @@ def save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, token
         else:
             unwrapped.save_pretrained(str(tmp), state_dict=acc.get_state_dict(model), safe_serialization=True)
         tok.save_pretrained(str(tmp))
-        checkpoint.commit(tmp, {"step": step, "tokens": tokens, unit: label, "method": cfg.method.label(), "base_model": cfg.model})
-    acc.wait_for_everyone()
+        checkpoint.commit(tmp, info)

@@ -3,6 +3,7 @@ local executor, a failing run named with its error while the others finish, and 
 Ray is missing or the executor mapping is wrong."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -109,3 +110,27 @@ def test_local_workers_give_the_one_process_results(code_corpus, tmp_path, capsy
     a = json.loads((tmp_path / "one" / "tiny" / "results.json").read_text())["runs"]
     b = json.loads((tmp_path / "two" / "tiny" / "results.json").read_text())["runs"]
     assert _stable(a) == _stable(b) and all(len(r["checkpoints"]) == 2 for r in b)
+
+
+def _blocked_on(lock_file: Path) -> int:
+    """How many processes wait for the flock on this file (/proc/locks: blocked requests start with '->')."""
+    inode = f":{os.stat(lock_file).st_ino} "
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if "->" in line and inode in line + " ")
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="observes the waiters in /proc/locks (Linux)")
+def test_two_workers_given_the_same_run_train_it_once(code_corpus, tmp_path, ray_local):
+    from learnforget import locks
+
+    s = plan.load(write_study(tmp_path, code_corpus, methods=[{"method": "full", "lr": [1e-3]}]))
+    run = plan.expand(s, tmp_path / "tiny")[0]
+    held = locks.Lock(run.config.out, "run folder")  # both tasks meet at the lock: this test releases it once both wait
+    task = ray.remote(executors._train_one).options(num_cpus=1)
+    refs = [task.remote(run.config.to_dict()) for _ in range(2)]
+    while _blocked_on(held.path) < 2:
+        ready, _ = ray.wait(refs, timeout=0.05)
+        assert not ready, ray.get(ready)  # a task that ends before it waits: the lock did not hold it
+    held.release()
+    assert ray.get(refs) == [run.config.out] * 2
+    steps = [r["step"] for r in map(json.loads, (Path(run.config.out) / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps)) and json.loads((Path(run.config.out) / "run.json").read_text())["status"] == "done"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import locks
 from . import analyse, cost, evaluation, gather, plan, power, regret_plan, training
 
 
@@ -41,14 +42,25 @@ def main(args) -> int:
         if getattr(args, "power", True):
             power.print_power(study, root, runs)
         return 0
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
-    evaluation.base_heldout(study, root, runs)  # before training: the runs score KL against the base's references
+    # Two studies on one folder: the study's own files (study.yaml, evals/, analysis/, results.json, the report)
+    # are written under the study folder's lock, each run under its own (train.run): the second process waits,
+    # then finds the work done (cached).
+    with locks.held(root, "study folder"):
+        (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
+        evaluation.base_heldout(study, root, runs)  # before training: the runs score KL against the base's references
     if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; train_all then finds them done
         from . import executors
 
         executors.train_ray(runs, study.executor, getattr(args, "ray_address", None))
     training.train_all(study, runs)
+    with locks.held(root, "study folder"):
+        html = _finish(study, root, runs)
+    print(f"[study] report: {html}")
+    return 0
+
+
+def _finish(study, root: Path, runs) -> Path:
+    """Evaluation, analysis, results.json and the report, once every run is trained."""
     evaluation.evaluate_all(study, root, runs)
     analyse.run(study, root, runs)  # the optional `analysis:` block (cached like the evaluations)
     results = gather.gather(study, root, runs)
@@ -57,6 +69,4 @@ def main(args) -> int:
     tmp.replace(root / "results.json")
     from .. import report  # the one import of the report: study -> report, at the very end
 
-    html = report.write(root)
-    print(f"[study] report: {html}")
-    return 0
+    return report.write(root)

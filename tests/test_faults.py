@@ -155,7 +155,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resume_checks_it(s
 
     monkeypatch.setattr(mu, "safe_save_file", disk_full_at_the_second)
     out = tmp_path / "run"
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*tokens-000000000512 \(OSError: .*No space left on device\); "
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*tokens-000000000512 \(OSError: .*No space left on device; [\d,]+ MiB free on that disk\); "
                                         r"the previous checkpoint tokens-000000000256 is intact"):
         train(args(study.corpus, out))
     monkeypatch.undo()

@@ -8,8 +8,10 @@ Layout of one checkpoint (`<run>/checkpoints/tokens-000025000/`):
   manifest.json                       written last, before the rename: tokens, step, files and sizes
 Every reader checks the manifest first (`verify`: present, parseable, every listed file at its recorded
 size) and refuses a checkpoint that fails, naming the folder and the file; a folder still named `.tmp-*`
-is never read. Measured on SmolLM2-135M: the check costs ~0.1 ms against a ~1 s load; a SHA-256 of the
-weights would cost about as much as the load itself, so sizes are checked, not contents.
+is never read. Measured on SmolLM2-135M (fp32, 513 MiB, warm page cache, 1 thread): the check costs 0.2-0.4 ms,
+0.2% of a 125-200 ms `load`; a SHA-256 of model.safetensors costs ~540 ms, 2.7x the load, so sizes are
+checked, not contents (a corruption that keeps the size passes unless it breaks the format: then the load
+error names the file).
 
 `load` is the one way back from such a folder (or any full-model / PEFT-adapter folder) to a model:
 evaluation merges an adapter, analysis keeps it separate. A folder that learnforget did not write (no
@@ -70,7 +72,17 @@ def verify(path: str | Path) -> dict:
     path = Path(path)
     if path.name.startswith((".tmp-", ".old-")):
         raise UserError(f"checkpoint {path}: a temporary folder of an interrupted save; not read")
-    return _checked_manifest(path)
+    try:
+        before = (path / MANIFEST).stat().st_ino
+    except OSError:
+        before = None
+    try:
+        return _checked_manifest(path)
+    except UserError:
+        # drop_resume replaces the manifest, then deletes resume/: a reader between the two saw the old list
+        if before is not None and (path / MANIFEST).exists() and (path / MANIFEST).stat().st_ino != before:
+            return _checked_manifest(path)
+        raise
 
 
 def _checked_manifest(path: Path) -> dict:

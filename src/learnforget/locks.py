@@ -56,20 +56,6 @@ def holder(path: Path) -> str:
     return f"pid {pid}" if pid.isdigit() else "pid unknown"
 
 
-def is_locked(folder: str | Path) -> bool:
-    """True if some process holds the folder's lock (for tests and messages; racy by nature)."""
-    path = Path(folder) / NAME
-    if fcntl is None or not path.exists():
-        return False
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
-
-
 @contextmanager
 def held(folder: str | Path, what: str):
     lock = Lock(folder, what)

@@ -30,9 +30,11 @@ def save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, token
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         before = [p.name for p in checkpoint.complete(out)]
-        kept = (f"the previous checkpoint {before[-1]} is intact: fix the cause (a full disk?) and re-run the same command "
-                f"to resume from it" if before else "fix the cause (a full disk?) and re-run the same command")
-        raise UserError(f"cannot write checkpoint {tmp.parent / checkpoint.name_for(tokens)} ({integrity.first_line(e)}); {kept}") from None
+        free = shutil.disk_usage(out).free / 2**20
+        kept = (f"the previous checkpoint {before[-1]} is intact: fix the cause and re-run the same command to resume "
+                f"from it" if before else "fix the cause and re-run the same command")
+        raise UserError(f"cannot write checkpoint {tmp.parent / checkpoint.name_for(tokens)} ({integrity.first_line(e)}; "
+                        f"{free:,.0f} MiB free on that disk); {kept}") from None
     acc.wait_for_everyone()
 
 

@@ -398,6 +398,9 @@ def test_lora_optimum_lr_is_about_ten_times_full():
     runs = _quadratic("full", 1e-4, GRID[:3]) + [("full", GRID[3], [3.0, 3.0, 3.0], {})] + _quadratic("lora-r16-all", 1e-3, GRID * 10)
     [h] = _rows(_sweep_results(runs), "h")
     assert h["verdict"] != "not run" and h["ci"] is not None and "full 3.85e-05 (4 lrs 6.31e-06..0.0002, best tried 6.31e-05)" in h["numbers"]
+    runs[3] = ("full", GRID[3], [np.nan] * 3, {})  # diverged: counted as the sweep's worst loss, it still brackets
+    [h] = _rows(_sweep_results(runs), "h")
+    assert h["verdict"] != "not run" and h["ci"] is not None and "lr 0.0002 diverged, counted as the worst loss" in h["numbers"]
     # 100x apart: the interval lies outside half a decade around 10x
     [h] = _rows(_sweep_results(_quadratic("full", 1.2e-5, GRID) + _quadratic("lora-r16-all", 1.2e-3, GRID * 10)), "h")
     assert h["verdict"] == "not reproduced" and h["estimate"] == pytest.approx(100, rel=0.05)

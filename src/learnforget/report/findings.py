@@ -49,8 +49,8 @@ RULES = {
     "diversity": "paired bootstrap over problems of the per-problem distinct correct solutions, and of the distinct outputs "
                  "(correct or not: collapse is measurable where no model solves the task)",
     "lr-ratio": f"each method's optimum learning rate: the vertex of the parabola in log10(lr) through the lowest final held-out "
-                f"target loss (seeds averaged) and its two neighbours, over every lr tried (failed ones too), >= 3 lrs; at the "
-                f"grid's edge it is not bracketed (no verdict); {_BOOT}, the same documents for every lr, refitted per resample "
+                f"target loss (seeds averaged) and its two neighbours, over every lr tried (failed ones too; a diverged one counts as "
+                f"the sweep's worst finite loss), >= 3 lrs; at the grid's edge it is not bracketed (no verdict); {_BOOT}, the same documents for every lr, refitted per resample "
                 f"(resamples without a located optimum dropped and counted; more than 5% dropped: at most not significant); "
                 f"reproduced if the 95% interval of lr*_LoRA / lr*_full lies inside [{LR_RATIO / 10 ** 0.5:.3g}, "
                 f"{LR_RATIO * 10 ** 0.5:.3g}] (half a decade around {LR_RATIO:g}x), not reproduced if entirely outside, else "

@@ -49,7 +49,8 @@ class Optimum:
     log_lr: float  # log10 of the located optimum
     boot: np.ndarray  # (N_BOOT,) the optimum per resample, NaN where not located
     alpha: float | None
-    losses: np.ndarray  # (L,) final held-out target loss per learning rate
+    losses: np.ndarray  # (L,) final held-out target loss per learning rate (a diverged one: the worst finite loss)
+    raw: np.ndarray  # (L,) as measured (NaN / inf where a run diverged)
 
     @property
     def lr(self) -> float:
@@ -57,19 +58,26 @@ class Optimum:
 
     @property
     def grid(self) -> str:
-        return f"{len(self.sweep)} lrs {self.sweep[0].lr:.3g}..{self.sweep[-1].lr:.3g}, best tried {self.best.lr:.3g}"
+        out = f"{len(self.sweep)} lrs {self.sweep[0].lr:.3g}..{self.sweep[-1].lr:.3g}, best tried {self.best.lr:.3g}"
+        bad = [f"{s.lr:.3g}" for s, y in zip(self.sweep, self.raw) if not np.isfinite(y)]
+        return out + (f"; lr {', '.join(bad)} diverged, counted as the worst loss" if bad else "")
 
     @property
     def best(self) -> Series:
         return self.sweep[int(np.nanargmin(self.losses))]
 
 
-def _runs(A: Analysis, s: Series) -> list[dict]:
-    return [r for r in A.res["runs"] if r["id"] in s.run_ids]
+def ok(s: Series) -> bool:
+    """A series a verdict may rest on: it learned and did not fail (study.gather.failure)."""
+    return s.learned and not s.failed
 
 
-def _alphas(A: Analysis, sweep: list[Series]) -> set:
-    return {float(r.get("alpha") or 2.0 * r["rank"]) for s in sweep for r in _runs(A, s) if r.get("rank")}
+def stand_in(y: np.ndarray) -> np.ndarray:
+    """Losses (L, B) with a diverged learning rate's non-finite loss counted as the worst finite loss of its column:
+    a diverged lr brackets the optimum (it is worse than every lr that ran) without saying by how much."""
+    finite = np.isfinite(y)
+    worst = np.where(finite, y, -np.inf).max(axis=0)
+    return np.where(finite, y, np.where(np.isfinite(worst), worst, np.nan))
 
 
 def optimum(A: Analysis, group: str, label: str) -> Optimum | str:
@@ -80,20 +88,22 @@ def optimum(A: Analysis, group: str, label: str) -> Optimum | str:
     sigs = [A.signal(s.points[-1], "target", s.domain) for s in sweep]
     if not all(sigs):
         return f"{label}: no held-out target loss at a final checkpoint"
-    if not any(s.learned for s in sweep):
+    if not any(ok(s) for s in sweep):
         return (f"{label} did not learn at any learning rate ({', '.join(f'{s.lr:.3g}' for s in sweep)}: final held-out "
                 f"target loss not below the base model's)")
-    alphas = _alphas(A, sweep)
+    alphas = {s.alpha for s in sweep if s.alpha is not None}
     if len(alphas) > 1:
         return f"{label}: runs with different alphas ({', '.join(f'{a:g}' for a in sorted(alphas))}) share the label"
-    x, y = np.log10([s.lr for s in sweep]), np.array([[stats.value(u)] for u in sigs])
+    x, raw = np.log10([s.lr for s in sweep]), np.array([[stats.value(u)] for u in sigs])
+    y = stand_in(raw)
     v = float(vertex(x, y)[0])
     if not np.isfinite(v):
-        i = int(np.argmin(np.where(np.isfinite(y[:, 0]), y[:, 0], np.inf)))
+        i = int(np.nanargmin(y[:, 0]))
         if i in (0, len(sweep) - 1):
             return f"{label}: optimum not bracketed: best at the edge of the grid (lr {sweep[i].lr:.3g})"
-        return f"{label}: no convex fit around the best lr {sweep[i].lr:.3g} (a neighbouring learning rate's loss is not finite)"
-    return Optimum(label, sweep, v, vertex(x, np.stack([stats.boot(u) for u in sigs])), next(iter(alphas), None), y[:, 0])
+        return f"{label}: no convex fit around the best lr {sweep[i].lr:.3g}"
+    return Optimum(label, sweep, v, vertex(x, stand_in(np.stack([stats.boot(u) for u in sigs]))), next(iter(alphas), None), y[:, 0],
+                   raw[:, 0])
 
 
 def band_verdict(lo: float, hi: float, band: tuple[float, float]) -> str:
@@ -182,15 +192,10 @@ def target_kind(targets) -> str | None:
     return next((k for k in ("attention", "mlp") if names and names <= sets[k]), None)
 
 
-def _kind(A: Analysis, s: Series) -> str | None:
-    kinds = {target_kind(r.get("targets")) for r in _runs(A, s)}
-    return kinds.pop() if len(kinds) == 1 else None
-
-
 def _failed(claim: str, group: str, comp: str, ss: list[Series]) -> Finding:
-    who = " and ".join(s.who for s in ss if not s.learned)
-    return Finding(claim, group, comp, "", stats.NOT_RUN, numbers=f"{who} did not learn (final held-out target loss not below "
-                   f"the base model's): a failed run is evidence of a bad learning rate, not of the claim")
+    why = lambda s: f"{s.who} failed ({s.failed})" if s.failed else f"{s.who} did not learn (final held-out target loss not below the base model's)"  # noqa: E731
+    return Finding(claim, group, comp, "", stats.NOT_RUN, numbers=" and ".join(why(s) for s in ss if not ok(s))
+                   + ": a failed run is evidence of a bad learning rate, not of the claim")
 
 
 def _common(A: Analysis, a: Series, b: Series) -> list[tuple[Point, Point]]:
@@ -208,7 +213,7 @@ def attention_only(A: Analysis) -> list[Finding]:
     """(j): attention-only LoRA vs MLP-only / all-layer LoRA, each at its best lr, final held-out target loss."""
     rows = []
     for g in A.groups:
-        lora = [(s, _kind(A, s)) for s in A.of_family(g, "lora")]
+        lora = [(s, target_kind(s.targets)) for s in A.of_family(g, "lora")]
         for att in [s for s, k in lora if k == "attention"]:
             for o, kind in [(s, k) for s, k in lora if k in ("mlp", "all")]:
                 rows.append(_targets_row(A, att, o, kind))
@@ -223,7 +228,7 @@ def _targets_row(A: Analysis, att: Series, o: Series, kind: str) -> Finding:
     if factor > PARAMS_FACTOR:
         return Finding("j", g, comp, what, stats.NOT_RUN, numbers=f"{params}: they differ by {factor:.1f}x (more than "
                        f"{PARAMS_FACTOR:g}x), not matched")
-    if not (att.learned and o.learned):
+    if not (ok(att) and ok(o)):
         return _failed("j", g, comp, [att, o])
     pairs = _common(A, att, o)
     if not pairs:
@@ -247,7 +252,7 @@ def capacity(A: Analysis) -> list[Finding]:
 def _capacity_row(A: Analysis, lo: Series, f: Series) -> Finding:
     g, comp, m = lo.group, f"{lo.who} vs {f.who}", A.margin("target")
     what = "held-out target loss gap (LoRA - full) at the last checkpoint"
-    if not (lo.learned and f.learned):
+    if not (ok(lo) and ok(f)):
         return _failed("k", g, comp, [lo, f])
     pairs = _common(A, lo, f)
     if len(pairs) < 2:

@@ -243,9 +243,9 @@ def capacity(A: Analysis) -> list[Finding]:
     """(k): the lowest LoRA rank of each experiment vs full fine-tuning, both at their best lr, checkpoint by checkpoint."""
     rows = []
     for g in A.groups:
-        lora = [s for s in A.of_family(g, "lora") if s.rank]
-        low = [s for s in lora if s.rank == min((s.rank for s in lora), default=None)]
-        rows += [_capacity_row(A, lo, f) for f in A.of_family(g, "full") for lo in low]
+        # the lowest rank, all-layer if there is one (as study/regret_plan.py plans it)
+        low = min((s for s in A.of_family(g, "lora") if s.rank), key=lambda s: (s.rank, s.targets != "all", s.label), default=None)
+        rows += [_capacity_row(A, low, f) for f in A.of_family(g, "full")] if low else []
     return rows or [Finding("k", "all", "", "", stats.NOT_RUN, numbers="no full and LoRA runs in the same experiment")]
 
 

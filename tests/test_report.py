@@ -286,6 +286,8 @@ def test_write_produces_pages_figures_and_summary(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["findings"] and summary["checkpoints"] and summary["base_tasks"]["arc_challenge"]["verdict"] == "cannot carry a verdict"
     assert {f["group"] for f in summary["findings"] if f["claim"] == "a"} == {"cpt/code", "ift/math"}
+    from learnforget.report.findings import CLAIMS
+    assert all(f"({c}) {CLAIMS[c]}" in md for c in "hijk") and {f["claim"] for f in summary["findings"]} >= set("hijk")
 
 
 def test_loss_only_study():
@@ -350,3 +352,118 @@ def test_failed_runs_are_shown_apart_and_an_unbracketed_optimum_is_said(tmp_path
     (tmp_path / "results.json").write_text(json.dumps(res))
     page = report.write(tmp_path).read_text()
     assert "None: every run ended" in page and "at the edge of its grid" not in page
+
+
+# ----------------------------------------------------------------------------- LoRA Without Regret, claims (h)-(k)
+
+def _sweep_results(runs, noise=0.003):
+    """A code-CPT study of only the given runs, held-out losses only: runs = [(label, lr, target loss per checkpoint,
+    extra run fields)]; family, rank and targets from the label (lora-r<rank>-<targets> | full), best_lr = the lowest
+    final target loss per label. The base model's target loss is about 2.2."""
+    res, best = make_results(n=20), {}
+    for label, lr, losses, _ in runs:
+        best[label] = min(best.get(label, (lr, losses[-1])), (lr, losses[-1]), key=lambda b: b[1])
+    out = []
+    for i, (label, lr, losses, extra) in enumerate(runs):
+        hr, m = np.random.default_rng(100 + i), re.match(r"lora-r(\d+)-(\w+)", label)
+        ckpts = [{"tokens": t, "budget": t / TOKENS[-1], "flops": 6e8 * t, "tasks": {},
+                  "heldout": {"target": _heldout(x, "target", hr, noise=noise), "general": _heldout(3.0, "general", hr, noise=noise)}}
+                 for t, x in zip(TOKENS, losses)]
+        out.append({"id": f"{label}-{lr:g}", "label": label, "family": "lora" if m else "full", "regime": "cpt", "domain": "code",
+                    "lr": lr, "rank": int(m[1]) if m else None, "targets": m[2] if m else None, "seed": 0,
+                    "best_lr": best[label][0] == lr, "trainable_params": 1_000_000 if m else 135_000_000, "total_params": 135_000_000,
+                    "peak_rss_mb": 5000.0, "tokens_per_s": 120.0, "checkpoints": ckpts, **extra})
+    res["runs"] = out
+    return res
+
+
+def _quadratic(label, optimum, lrs, extra=None):
+    """Final target loss 1.8 + 0.2 (log10(lr / optimum))^2, earlier checkpoints 0.2 and 0.1 higher."""
+    return [(label, lr, [1.8 + 0.2 * np.log10(lr / optimum) ** 2 + d for d in (0.2, 0.1, 0.0)], extra or {}) for lr in lrs]
+
+
+def _rows(res, claim):
+    return [f for f in report.findings(res) if f["claim"] == claim]
+
+
+GRID = 10 ** np.arange(-5.2, -2.6, 0.5)  # 6.3e-6 .. 2e-3, half a decade apart
+
+
+def test_lora_optimum_lr_is_about_ten_times_full():
+    res = _sweep_results(_quadratic("full", 1e-4, GRID) + _quadratic("lora-r16-all", 1e-3, GRID * 10))
+    [h] = _rows(res, "h")
+    assert h["verdict"] == "reproduced" and h["estimate"] == pytest.approx(10, rel=0.05) and h["ci"][0] < 10 < h["ci"][1]
+    assert "optimum lr lora-r16-all 0.001" in h["numbers"] and "full 0.0001" in h["numbers"]
+    # a failed (diverged) high learning rate still brackets the optimum: it is used, not dropped
+    runs = _quadratic("full", 1e-4, GRID[:3]) + [("full", GRID[3], [3.0, 3.0, 3.0], {})] + _quadratic("lora-r16-all", 1e-3, GRID * 10)
+    [h] = _rows(_sweep_results(runs), "h")
+    assert h["verdict"] != "not run" and h["ci"] is not None and "full 3.85e-05 (4 lrs 6.31e-06..0.0002, best tried 6.31e-05)" in h["numbers"]
+    runs[3] = ("full", GRID[3], [np.nan] * 3, {})  # diverged: counted as the sweep's worst loss, it still brackets
+    [h] = _rows(_sweep_results(runs), "h")
+    assert h["verdict"] != "not run" and h["ci"] is not None and "lr 0.0002 diverged, counted as the worst loss" in h["numbers"]
+    # 100x apart: the interval lies outside half a decade around 10x
+    [h] = _rows(_sweep_results(_quadratic("full", 1.2e-5, GRID) + _quadratic("lora-r16-all", 1.2e-3, GRID * 10)), "h")
+    assert h["verdict"] == "not reproduced" and h["estimate"] == pytest.approx(100, rel=0.05)
+
+
+def test_optimum_at_the_grid_edge_is_not_bracketed():
+    res = _sweep_results(_quadratic("full", 1e-4, GRID) + _quadratic("lora-r16-all", 1e-1, GRID * 10))
+    [h] = _rows(res, "h")
+    assert h["verdict"] == "not run" and h["ci"] is None
+    assert "lora-r16-all: optimum not bracketed: best at the edge of the grid (lr 0.02)" in h["numbers"]
+    [h] = _rows(_sweep_results(_quadratic("full", 1e-4, GRID[:2]) + _quadratic("lora-r16-all", 1e-3, GRID * 10)), "h")
+    assert h["verdict"] == "not run" and "full: 2 learning rate(s), needs >= 3" in h["numbers"]
+
+
+def test_optimum_lr_is_independent_of_rank_at_fixed_alpha():
+    a32 = {"alpha": 32.0}
+    same = _sweep_results(_quadratic("lora-r16-all", 1e-3, GRID * 10, a32) + _quadratic("lora-r64-all", 1e-3, GRID * 10, a32))
+    [i] = _rows(same, "i")
+    assert i["verdict"] == "reproduced" and i["estimate"] == pytest.approx(1, rel=0.05) and i["ci"][0] < 1 < i["ci"][1]
+    apart = _sweep_results(_quadratic("lora-r16-all", 1e-3, GRID * 10, a32) + _quadratic("lora-r64-all", 2.5e-4, GRID * 10, a32))
+    [i] = _rows(apart, "i")
+    assert i["verdict"] == "not reproduced" and i["estimate"] == pytest.approx(4, rel=0.05)
+    # alpha absent = 2 * rank: the 4x higher rank has a 4x larger alpha, so a 4x lower optimum is the same normalised one
+    scaled = _sweep_results(_quadratic("lora-r16-all", 1e-3, GRID * 10) + _quadratic("lora-r64-all", 2.5e-4, GRID * 10))
+    [i] = _rows(scaled, "i")
+    assert i["verdict"] == "reproduced" and "alpha 32 vs 128" in i["numbers"]
+
+
+def test_attention_only_lora_learns_less_at_matched_parameters():
+    runs = [("lora-r16-attention", 1e-3, [2.0, 1.95, 1.9], {}), ("lora-r8-mlp", 1e-3, [2.0, 1.9, 1.8], {"trainable_params": 1_200_000}),
+            ("lora-r16-all", 1e-3, [2.0, 1.9, 1.8], {"trainable_params": 3_000_000})]
+    j = {r["comparison"].split(" vs ")[1].split()[0]: r for r in _rows(_sweep_results(runs), "j")}
+    assert j["lora-r8-mlp"]["verdict"] == "reproduced" and j["lora-r8-mlp"]["estimate"] == pytest.approx(0.1, abs=0.01)
+    assert "1,000,000 vs lora-r8-mlp 1,200,000" in j["lora-r8-mlp"]["numbers"]
+    assert j["lora-r16-all"]["verdict"] == "not run" and "differ by 3.0x" in j["lora-r16-all"]["numbers"]
+    runs[0] = ("lora-r16-attention", 1e-3, [2.0, 1.85, 1.7], {})  # attention-only learns more: not reproduced
+    j = [r for r in _rows(_sweep_results(runs), "j") if "mlp" in r["comparison"]]
+    assert j[0]["verdict"] == "not reproduced"
+
+
+def test_low_rank_parts_from_full_fine_tuning_as_tokens_grow():
+    parts = _sweep_results([("full", 1e-4, [2.0, 1.9, 1.6], {}), ("lora-r16-all", 1e-3, [2.0, 1.9, 1.8], {}),
+                            ("lora-r64-all", 1e-3, [2.0, 1.9, 1.6], {})])
+    [k] = _rows(parts, "k")  # the lowest rank only
+    assert "lora-r16-all" in k["comparison"] and k["verdict"] == "reproduced"
+    assert k["estimate"] == pytest.approx(0.2, abs=0.01) and k["ci"][0] > 0.005 and "parted at 4,000 tokens" in k["numbers"]
+    same = _sweep_results([("full", 1e-4, [2.0, 1.9, 1.6], {}), ("lora-r16-all", 1e-3, [2.0, 1.9, 1.6], {})])
+    [k] = _rows(same, "k")
+    assert k["verdict"] == "not reproduced" and "did not part within 4,000 tokens" in k["numbers"] and k["ci"] is not None
+    failed = _sweep_results([("full", 1e-4, [2.0, 1.9, 1.6], {}), ("lora-r16-all", 1e-3, [2.3, 2.4, 2.5], {})])
+    [k] = _rows(failed, "k")
+    assert k["verdict"] == "not run" and "lora-r16-all (lr 0.001) did not learn" in k["numbers"]
+
+
+def test_vertex_of_a_parabola_and_resamples_at_the_grid_edge():
+    from learnforget.report.regret import vertex
+    x = np.array([-5.0, -4.5, -3.0, -2.0])  # uneven grid
+    y = np.stack([0.3 * (x + 3.4) ** 2, 0.3 * (x + 5.2) ** 2, np.r_[1.0, 0.5, np.nan, 1.0], np.r_[1.0, 0.5, 0.5, 1.0]], axis=1)
+    v = vertex(x, y)
+    assert v[0] == pytest.approx(-3.4) and np.isnan(v[1])  # interior vertex; best at the edge: not located
+    assert np.isnan(v[2]) and -4.5 < v[3] < -3.0  # a diverged (NaN) neighbour: no fit; a tie: between the two
+    # the full optimum just inside the grid's first interval: a quarter of the resamples put it at the edge; they
+    # are dropped and counted, and the interval of the rest cannot carry a verdict
+    res = _sweep_results(_quadratic("full", GRID[0] * 10 ** 0.26, GRID) + _quadratic("lora-r16-all", 1e-3, GRID * 10), noise=0.01)
+    [h] = _rows(res, "h")
+    assert h["verdict"] == "not significant" and re.search(r"\d+% of resamples dropped .*more than 5%", h["note"]) and h["ci"]

@@ -7,6 +7,7 @@ import numpy as np
 from .. import stats
 from .context import Analysis
 from .findings import FORGETTING, RULES, Finding, at_matched_learning, at_tokens, growth, learned, sensitivity
+from .regret import regret
 from .schema import Series
 from .spectral import spectrum
 
@@ -119,7 +120,7 @@ def findings(A: Analysis) -> list[Finding]:
     """All findings (a)-(g), in order."""
     for s in A.series:
         s.learned = learned(A, s)
-    rows = _a_b(A) + _c(A) + _d_e(A) + spectrum(A) + diversity(A)
+    rows = _a_b(A) + _c(A) + _d_e(A) + spectrum(A) + diversity(A) + regret(A)
     have = {r.claim for r in rows}
     rows += [Finding(c, "all", "", "", stats.NOT_RUN, numbers="no full and LoRA runs in the same experiment") for c in "abde" if c not in have]
     return sorted(rows, key=lambda r: r.claim)

@@ -13,6 +13,7 @@ from .context import Analysis, better
 from .schema import Point, Series
 
 SPECTRUM_RATIO = 10.0  # the paper: the full-FT update's rank@90% is 10-100x the LoRA ranks
+LR_RATIO, RANK_BAND, PARAMS_FACTOR = 10.0, (0.5, 2.0), 1.5  # LoRA Without Regret, (h)-(j): report/regret.py
 CLAIMS = {
     "a": "Full fine-tuning learns more per token than LoRA",
     "b": "LoRA forgets less than full fine-tuning",
@@ -22,6 +23,10 @@ CLAIMS = {
     "f": "The full fine-tuning update is high-rank: a large fraction of each matrix's width, far above the LoRA ranks, "
          "growing with tokens",
     "g": "Full fine-tuning collapses the distinct correct solutions more than LoRA",
+    "h": f"LoRA's best learning rate is about {LR_RATIO:g}x full fine-tuning's",
+    "i": "With a fixed alpha, LoRA's best learning rate is about independent of rank (1/r scaling)",
+    "j": "Attention-only LoRA learns less than MLP-only and all-layer LoRA at matched trainable parameters",
+    "k": "A low LoRA rank tracks full fine-tuning at first and falls behind as tokens grow (capacity limit)",
 }
 _BOOT = f"paired bootstrap ({stats.N_BOOT} resamples of seeds, then of the shared units: benchmark items or held-out documents)"
 RULES = {
@@ -43,6 +48,24 @@ RULES = {
                        "paired by matrix, bootstrap over matrices: reproduced if the 95% interval is above 0, not reproduced if below",
     "diversity": "paired bootstrap over problems of the per-problem distinct correct solutions, and of the distinct outputs "
                  "(correct or not: collapse is measurable where no model solves the task)",
+    "lr-ratio": f"each method's optimum learning rate: the vertex of the parabola in log10(lr) through the lowest final held-out "
+                f"target loss (seeds averaged) and its two neighbours, over every lr tried (failed ones too; a diverged one counts as "
+                f"the sweep's worst finite loss), >= 3 lrs; at the grid's edge it is not bracketed (no verdict); {_BOOT}, the same documents for every lr, refitted per resample "
+                f"(resamples without a located optimum dropped and counted; more than 5% dropped: at most not significant); "
+                f"reproduced if the 95% interval of lr*_LoRA / lr*_full lies inside [{LR_RATIO / 10 ** 0.5:.3g}, "
+                f"{LR_RATIO * 10 ** 0.5:.3g}] (half a decade around {LR_RATIO:g}x), not reproduced if entirely outside, else "
+                f"not significant",
+    "rank-scaling": f"optima located as for lr-ratio, per pair of LoRA labels differing only in rank (rsLoRA left out), each "
+                    f"normalised to alpha 32 (lr * alpha / 32; alpha absent: 2 * rank); reproduced if the 95% interval of "
+                    f"(lower rank / higher rank) lies inside [{RANK_BAND[0]:g}, {RANK_BAND[1]:g}], not reproduced if entirely "
+                    f"outside, else not significant",
+    "targets": f"attention-only vs MLP-only / all-layer LoRA, each at its best lr, trainable parameters within "
+               f"{PARAMS_FACTOR:g}x: {_BOOT} of (attention-only - other) final held-out target loss; reproduced if the 95% "
+               f"interval is above 0, not reproduced if below 0, equivalent if inside +-margin, else not significant",
+    "capacity": f"lowest LoRA rank vs full fine-tuning, each at its best lr: {_BOOT} of the held-out target loss gap (LoRA - "
+                f"full) at every checkpoint both have; parting = the first checkpoint whose 95% interval is above +margin; "
+                f"reproduced if the first checkpoint's is not above +margin and the last's is, not reproduced if the last's "
+                f"lies inside +-margin or below 0, else not significant",
 }
 SIGNAL_NAME = {"metric": "learning task", "target": "held-out target loss", "signal": "forgetting score (tasks above chance)",
                "paper": "paper's 3-task mean", "general": "held-out general loss", "kl_general": "KL drift on general text",

@@ -37,7 +37,8 @@ def _a_b(A: Analysis) -> list[Finding]:
             rows += [_failed("a", f, lo), _failed("b", lo, f)]
             continue
         rows += [at_tokens("a", A, f, lo, sig) for sig in _learn_sigs(A, g)]
-        rows += [at_tokens("b", A, lo, f, sig) for sig in FORGETTING]
+        scored = any(t.role == "forgetting" for t in A.tasks.values())  # no forgetting task in the study: no task rows
+        rows += [at_tokens("b", A, lo, f, sig) for sig in FORGETTING if scored or sig not in ("signal", "paper")]
         rows += [at_matched_learning("b", A, lo, f, sig) for sig in ("general", "kl_general")]
     return rows
 

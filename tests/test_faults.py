@@ -234,16 +234,7 @@ def test_list_options_and_argparse_errors_are_one_line(study, capsys):
     assert e.value.code == 2 and len(err) == 1 and "argument --checkpoints: invalid comma-separated float value: '512,fast'" in err[0]
 
 
-# Fields that measure the machine, not the study: they differ between any two executions.
-VOLATILE = {"created", "tokens_per_s", "peak_rss_mb"}
-
-
-def stable(obj):
-    if isinstance(obj, dict):
-        return {k: stable(v) for k, v in obj.items() if k not in VOLATILE}
-    if isinstance(obj, list):
-        return [stable(v) for v in obj]
-    return obj
+from test_study import stable  # results.json without the fields that measure the machine
 
 
 def test_two_studies_on_one_folder_train_each_run_once(study, tmp_path):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import yaml
@@ -45,9 +46,18 @@ def study(tmp_path_factory):
     cfg = tmp / "study.yaml"
     cfg.write_text(yaml.safe_dump(spec))
     out = tmp / "studies"
-    assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
+    commits = []  # the files committed by a rename into the study folder: the kill points of test_kill_9_...
+    rename = os.replace
+
+    def counted(src, dst, **kw):
+        rename(src, dst, **kw)
+        if Path(dst).is_relative_to(out):
+            commits.append(Path(dst).relative_to(out))
+
+    with mock.patch("os.replace", counted):
+        assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
     runs = plan.expand(plan.load(cfg), out / "tiny")
-    return SimpleNamespace(cfg=cfg, out=out, corpus=corpus, tmp=tmp, runs=runs,
+    return SimpleNamespace(cfg=cfg, out=out, corpus=corpus, tmp=tmp, runs=runs, commits=commits,
                            results=json.loads((out / "tiny" / "results.json").read_text()),
                            cks={r.family: checkpoint.complete(r.config.out)[-1] for r in runs})
 
@@ -260,3 +270,22 @@ def test_two_studies_on_one_folder_train_each_run_once(study, tmp_path):
     assert sum(t.count("[learnforget] done:") for t in text) == len(study.runs)  # each run trained once
     assert sum(t.count("trained by the other process meanwhile") for t in text) >= 1
     assert stable(json.loads((out / "tiny" / "results.json").read_text())) == stable(study.results)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_at_a_random_commit_resumes_to_the_same_results(study, seed, tmp_path):
+    """SIGKILL just before or just after a file commit drawn at random from the study's own, then resume:
+    the same results.json as the study that was never killed."""
+    import random
+
+    rng = random.Random(seed)
+    at, when = rng.randrange(1, len(study.commits) + 1), rng.choice(["before", "after"])
+    out = tmp_path / "studies"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": str(at), "KILL_WHEN": when, "KILL_UNDER": str(out)}
+    killed = subprocess.run([sys.executable, str(Path(__file__).with_name("killpoint.py")), "study", str(study.cfg), "--out", str(out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, (at, when, study.commits[at - 1], killed.stdout[-2000:], killed.stderr[-2000:])
+    written = study.commits.index(Path("tiny/results.json")) + 1
+    assert (out / "tiny" / "results.json").exists() == (at > written or (at == written and when == "after"))
+    assert cli.main(["study", str(study.cfg), "--out", str(out)]) == 0
+    assert stable(json.loads((out / "tiny" / "results.json").read_text())) == stable(study.results), (at, when, study.commits[at - 1])

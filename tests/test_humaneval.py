@@ -152,3 +152,21 @@ def test_instruct_mode_is_lm_evals_humaneval_instruct(problems):
     assert humaneval.prompt(p, "plain", tok) == p["prompt"] and humaneval.stop_sequences("plain", tok) == STOP_SEQUENCES
     with pytest.raises(ValueError, match="humaneval mode"):
         humaneval.prompt(p, "chat", tok)
+
+
+# Completions that try to make the tests pass without solving the problem. Each runs in the same program
+# as the tests, so what stops it is the program layout (the tests are defined after the completion) and
+# the random sentinel printed after check(): an exit code of 0 alone does not pass.
+CHEATS = {
+    "defines its own check": "    return None\n\ndef check(candidate):\n    pass\n",
+    "replaces AssertionError": "    return None\n\nimport builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})\n",
+    "exits 0 from the excepthook": "    return None\n\nimport os, sys\nsys.excepthook = lambda *a: os._exit(0)\n",
+    "exits 0 at exit": "    return None\n\nimport atexit, os\natexit.register(lambda: os._exit(0))\n",
+    "shadows the candidate": "    return None\n\nimport builtins\nbuiltins.check = lambda candidate: None\n",
+}
+
+
+@pytest.mark.parametrize("cheat", sorted(CHEATS))
+def test_completions_that_patch_the_tests_fail(problems, cheat):
+    result = score(problems[:1], [[CHEATS[cheat]]], workers=1)
+    assert result["pass@1"] == 0.0, (cheat, result["samples"] if "samples" in result else result)

@@ -362,3 +362,43 @@ def test_chmod_tricks_do_not_stop_cleanup():
     """)
     assert not r.passed
     assert not os.path.exists(r.stdout.strip())
+
+
+def test_program_that_ignores_sigterm_is_still_stopped():
+    # The deadline sends SIGKILL, which cannot be caught; a child that ignores SIGTERM goes with the group.
+    name = "lf" + secrets.token_hex(6)
+    r = run(SET_NAME.format(name=name) + textwrap.dedent("""
+        import os, signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if os.fork() == 0:
+            while True:
+                pass
+        while True:
+            pass
+    """), timeout=1.5)
+    assert not r.passed and r.status == "timeout", r
+    assert r.seconds < 4
+    if "pid" in ISOLATION or "uid" in ISOLATION:
+        assert processes_named(name) == []
+    assert_harness_alive()
+
+
+def test_secrets_in_the_evaluators_environment_are_not_visible(monkeypatch):
+    # The program gets a fresh, minimal environment, and cannot read another process's /proc/PID/environ.
+    secret = secrets.token_hex(16)
+    monkeypatch.setenv("LF_TEST_API_KEY", secret)
+    r = run("""
+        import os
+        print(sorted(os.environ.items()))
+        seen = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    seen.append(open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace"))
+                except OSError:
+                    pass
+        print("".join(seen))
+    """)
+    assert r.passed, r
+    assert secret not in r.stdout and "LF_TEST_API_KEY" not in r.stdout

@@ -33,8 +33,9 @@ def offline(monkeypatch):
 
 # Every shipped config, and what its grid must expand to: (runs, method labels, learning rates).
 SHIPPED = {
-    "demo-cpu.yaml": (12, {"full", "lora-r1-all", "lora-r16-all", "lora-r40-attention"}, {6e-6, 2e-5, 6e-5, 2e-4, 6e-4, 2e-3}),
-    "demo-cpu-diversity.yaml": (12, {"full", "lora-r1-all", "lora-r16-all", "lora-r40-attention"}, {6e-6, 2e-5, 6e-5, 2e-4, 6e-4, 2e-3}),
+    "demo-cpu.yaml": (16, {"full", "full-adrop0.1", "lora-r1-all", "lora-r16-all", "lora-r40-attention"}, {6e-6, 2e-5, 6e-5, 2e-4, 4e-4, 8e-4, 2e-3}),
+    "demo-cpu-diversity.yaml": (16, {"full", "full-adrop0.1", "lora-r1-all", "lora-r16-all", "lora-r40-attention"},
+                                {6e-6, 2e-5, 6e-5, 2e-4, 4e-4, 8e-4, 2e-3}),
     "cpu-full.yaml": (44, {"full", "full-wd0.1", "full-wd1", "full-adrop0.05", "full-adrop0.1", "lora-r1-all", "lora-r16-all",
                            "lora-r256-all", "lora-r40-attention", "lora-r24-mlp"}, {1e-5, 3e-5, 1e-4, 3e-4, 1e-3}),
     "paper-code-cpt.yaml": (8, None, None), "paper-math-cpt.yaml": (8, None, None),

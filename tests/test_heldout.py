@@ -1,5 +1,6 @@
 """Per-unit held-out scoring on the tiny model: units follow document boundaries, their sums make the
-mean, and KL drift from a top-k base reference is exact with the whole vocabulary and a lower bound below it."""
+mean, KL drift from a top-k base reference is exact with the whole vocabulary and a lower bound below it, and
+the next-token entropy per unit is the plain softmax entropy."""
 
 import copy
 
@@ -46,6 +47,10 @@ def test_unit_sums_make_the_mean_and_match_plain_cross_entropy(tiny):
         logits = model(input_ids=ids).logits[:, :-1]
     plain = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
     assert abs(out["loss"] - float(plain)) < 1e-4
+    logp = F.log_softmax(logits.float(), -1)
+    entropy = -(logp.exp() * logp).sum(-1)  # (rows, positions)
+    assert abs(out["entropy"] - float(entropy.mean())) < 1e-4 and abs(sum(u["entropy"]) / out["tokens"] - out["entropy"]) < 1e-9
+    assert u["entropy"][0] == pytest.approx(float(entropy[0, :10].sum()), abs=1e-3)  # unit 0: row 0's first document
 
 
 def _exact_kl(base, tuned, ids):

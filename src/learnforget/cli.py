@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        if args.command in ("train", "eval", "analyze", "study"):
+            from . import quiet
+
+            quiet.libraries()
         if args.command == "train":
             from . import train
 

@@ -1,4 +1,4 @@
-"""Held-out scoring per unit: cross-entropy and KL drift from the base model, per document.
+"""Held-out scoring per unit: cross-entropy, KL drift from the base model and predictive entropy, per document.
 
 A held-out set is rows of packed documents, each ended by EOS. A *unit* is one document's tokens
 within one row (a document longer than a row is one unit per row), so every system is scored on the
@@ -9,6 +9,9 @@ position. Storing it whole (positions x vocabulary) is 400 MB for 2,048 tokens o
 so the base *reference* keeps its top-k log-probabilities and the log of the remaining mass; KL is
 then computed over the k tokens plus one bucket for the rest. Grouping the rest into one bucket can
 only lower KL (log-sum inequality), so this is a lower bound; `kl_topk_error` measures the gap.
+
+The entropy of the model's next-token distribution at each position (nats) is how spread out what it
+would sample there is: the continuous form of generation diversity, per document like the loss.
 """
 
 from __future__ import annotations
@@ -80,13 +83,13 @@ def _log_rest(top_logp: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def score(model, input_ids: torch.Tensor, labels: torch.Tensor, eos_id: int, batch_size: int = 8,
           reference: dict | None = None, top_k: int = 0) -> dict:
-    """{"loss", "tokens", "units": {"loss": [...], "tokens": [...](, "kl": [...])}(, "kl")} for rows of a
+    """{"loss", "tokens", "entropy", "units": {"loss", "tokens", "entropy"(, "kl"): [per unit]}(, "kl")} for rows of a
     held-out set; with `reference` (a base model's, from the same rows) KL per unit too; with `top_k` the
     return also holds this model's own reference ("reference": {idx, logp, rest, hash}), for later runs."""
     if reference is not None and reference["hash"] != rows_hash(input_ids, labels):
         raise UserError("KL reference was made on other held-out rows (model, data or held-out size changed): delete it to rebuild")
     unit, n_units = units_of(input_ids, labels, eos_id)
-    ce_pos, kl_pos, tops = [], [], []
+    ce_pos, ent_pos, kl_pos, tops = [], [], [], []
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -96,6 +99,7 @@ def score(model, input_ids: torch.Tensor, labels: torch.Tensor, eos_id: int, bat
             for logits, t in _logits_chunks(model, input_ids[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)):
                 logp = logits - torch.logsumexp(logits, 1, keepdim=True)
                 ce_pos.append(-logp.gather(1, t[:, None]).squeeze(1).cpu())
+                ent_pos.append(-(logp.exp() * logp).sum(1).cpu())
                 sl = slice(pos, pos + len(t))
                 if reference is not None:
                     kl_pos.append(_kl(logp, reference, sl).cpu())
@@ -105,14 +109,15 @@ def score(model, input_ids: torch.Tensor, labels: torch.Tensor, eos_id: int, bat
                 pos += len(t)
     model.train(was_training)
     cat = lambda xs: torch.cat(xs).double() if xs else torch.zeros(0, dtype=torch.double)  # noqa: E731 (no scored token: IFT prompts only)
-    ce = cat(ce_pos)
+    ce, ent = cat(ce_pos), cat(ent_pos)
     counts = torch.bincount(unit, minlength=n_units).double()
-    out = {"loss": float(ce.sum() / max(len(ce), 1)), "tokens": len(ce),
-           "units": {"loss": torch.zeros(n_units, dtype=torch.double).index_add_(0, unit, ce).tolist(), "tokens": counts.long().tolist()}}
+    per_unit = lambda x: torch.zeros(n_units, dtype=torch.double).index_add_(0, unit, x).tolist()  # noqa: E731
+    out = {"loss": float(ce.sum() / max(len(ce), 1)), "tokens": len(ce), "entropy": float(ent.sum() / max(len(ent), 1)),
+           "units": {"loss": per_unit(ce), "tokens": counts.long().tolist(), "entropy": per_unit(ent)}}
     if reference is not None:
         kl = cat(kl_pos).clamp_min(0.0)  # float rounding can give -1e-7 where the two agree
         out["kl"] = float(kl.sum() / max(len(kl), 1))
-        out["units"]["kl"] = torch.zeros(n_units, dtype=torch.double).index_add_(0, unit, kl).tolist()
+        out["units"]["kl"] = per_unit(kl)
     if top_k:
         k = min(top_k, getattr(model.config, "vocab_size", top_k))
         idx, v, rest = (torch.cat(x) for x in zip(*tops)) if tops else (torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k), torch.zeros(0))

@@ -110,11 +110,22 @@ def _diversity_row(f: Series, lo: Series, fr: list[dict], lr_: list[dict], rows:
 
 
 def diversity(A: Analysis) -> list[Finding]:
-    rows = (A.res.get("analysis") or {}).get("diversity")
-    if not rows:
-        return [Finding("g", "all", "", "", stats.NOT_RUN, numbers="no analysis.diversity in results.json")]
+    """(g): sampled solutions (analysis.diversity), and next-token entropy on held-out target text where it was scored."""
+    rows = (A.res.get("analysis") or {}).get("diversity") or []
     out = [row for _, f, lo in _full_lora_pairs(A) for task in sorted({r["task"] for r in rows}) for row in _diversity_rows(rows, f, lo, task)]
+    for _, f, lo in _full_lora_pairs(A):
+        if not (f.learned and lo.learned):
+            out.append(_failed("g", lo, f))
+        elif f.points and A.signal(f.points[-1], "entropy_target", f.domain):
+            out += [_entropy(at_tokens("g", A, lo, f, "entropy_target")), _entropy(at_matched_learning("g", A, lo, f, "entropy_target"))]
+    if not rows and not out:
+        return [Finding("g", "all", "", "", stats.NOT_RUN, numbers="no analysis.diversity and no held-out entropy in results.json")]
     return out or [Finding("g", "all", "", "", stats.NOT_RUN, numbers="no diversity rows for both a full and a LoRA run")]
+
+
+def _entropy(row: Finding) -> Finding:
+    row.rule, row.signal = RULES["entropy"], row.signal.replace("better by", "higher by")
+    return row
 
 
 def findings(A: Analysis) -> list[Finding]:

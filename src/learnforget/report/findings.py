@@ -48,10 +48,16 @@ RULES = {
                        "paired by matrix, bootstrap over matrices: reproduced if the 95% interval is above 0, not reproduced if below",
     "diversity": "paired bootstrap over problems of the per-problem distinct correct solutions, and of the distinct outputs "
                  "(correct or not: collapse is measurable where no model solves the task)",
+    "entropy": f"next-token entropy of each model on the held-out target documents (nats/token: how spread out what it would "
+               f"sample is, the continuous form of generation diversity, measured where no model solves a benchmark): {_BOOT} of "
+               f"(LoRA - full), at matched tokens and at matched target loss as for (b); reproduced if the 95% interval is above "
+               f"0 (full fine-tuning's distribution narrower), not reproduced if below, equivalent if inside +-margin, else not significant",
     "lr-ratio": f"each method's optimum learning rate: the vertex of the parabola in log10(lr) through the lowest final held-out "
-                f"target loss (seeds averaged) and its two neighbours, over every lr tried (failed ones too; a diverged one counts as "
-                f"the sweep's worst finite loss), >= 3 lrs; at the grid's edge it is not bracketed (no verdict); {_BOOT}, the same documents for every lr, refitted per resample "
-                f"(resamples without a located optimum dropped and counted; more than 5% dropped: at most not significant); "
+                f"target loss (seeds averaged) and its two neighbours (the three end ones when the lowest is at an end), over every lr "
+                f"tried (failed ones too; a diverged one counts as the sweep's worst finite loss), >= 3 lrs; a vertex beyond the grid "
+                f"is not bracketed (no verdict); {_BOOT}, the same documents for every lr, refitted per resample; a resample whose "
+                f"optimum lies beyond its grid counts as a ratio of 0 or inf, so the interval opens on that side and can only say "
+                f"not reproduced (resamples with no ratio dropped and counted; more than 5% dropped: at most not significant); "
                 f"reproduced if the 95% interval of lr*_LoRA / lr*_full lies inside [{LR_RATIO / 10 ** 0.5:.3g}, "
                 f"{LR_RATIO * 10 ** 0.5:.3g}] (half a decade around {LR_RATIO:g}x), not reproduced if entirely outside, else "
                 f"not significant",
@@ -69,7 +75,7 @@ RULES = {
 }
 SIGNAL_NAME = {"metric": "learning task", "target": "held-out target loss", "signal": "forgetting score (tasks above chance)",
                "paper": "paper's 3-task mean", "general": "held-out general loss", "kl_general": "KL drift on general text",
-               "kl_target": "KL drift on target text"}
+               "kl_target": "KL drift on target text", "entropy_target": "next-token entropy on held-out target text"}
 FORGETTING = ("signal", "paper", "general", "kl_general")
 
 
@@ -91,7 +97,9 @@ class Finding:
         return CLAIMS[self.claim]
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "text": self.text, "ci": list(self.ci) if self.ci else None}
+        # an open upper bound (a ratio interval reaching past the grid: inf) is null in JSON, which has no inf
+        ci = [float(c) if np.isfinite(c) else None for c in self.ci] if self.ci else None
+        return {**asdict(self), "text": self.text, "ci": ci}
 
 
 def _decided(claim, group, comparison, what, dec: stats.Decision, numbers, rule) -> Finding:

@@ -20,6 +20,7 @@ from .schema import Point, Series
 
 MIN_LRS = 3  # learning rates a method needs for its optimum to be located
 ALPHA_REF = 32.0  # (i) learning rates normalised to this alpha: lr_eff = lr * alpha / 32
+OPEN = 100.0  # |log10 ratio| standing for 0 / inf (an optimum beyond its grid) inside the percentile interval
 LR_BAND = (LR_RATIO / np.sqrt(10), LR_RATIO * np.sqrt(10))  # (h) within half a decade of 10x
 
 
@@ -27,19 +28,24 @@ LR_BAND = (LR_RATIO / np.sqrt(10), LR_RATIO * np.sqrt(10))  # (h) within half a 
 
 def vertex(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """x (L,) ascending log10 learning rates, y (L, B) losses (B resamples): per column, the vertex of the
-    parabola through the lowest point and its two neighbours; NaN where the lowest point is at an edge of the
-    grid (not bracketed) or a neighbour's loss is not finite (a diverged run: no parabola through it)."""
-    y = np.where(np.isfinite(y), y, np.inf)
-    i = np.argmin(y, axis=0)
+    parabola through the lowest point and its two neighbours (the three end points when the lowest is at an end).
+    Censored, not dropped: -inf / +inf where the optimum lies beyond the low / high end of the grid (the vertex
+    falls outside it, or the fit is not convex and the lowest point is that end); NaN where a loss in the three is
+    not finite (a diverged run: no parabola through it) or the three are flat."""
+    finite = np.isfinite(y)
+    i = np.argmin(np.where(finite, y, np.inf), axis=0)
     j, cols = np.clip(i, 1, len(x) - 2), np.arange(y.shape[1])
     x0, x1, x2 = x[j - 1], x[j], x[j + 1]
     y0, y1, y2 = y[j - 1, cols], y[j, cols], y[j + 1, cols]
     with np.errstate(all="ignore"):
         s01, s12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
         a = (s12 - s01) / (x2 - x0)  # p(x) = y0 + s01 (x - x0) + a (x - x0)(x - x1)
-        v = (x0 + x1) / 2 - s01 / (2 * a)
-    ok = (i > 0) & (i < len(x) - 1) & np.isfinite(a) & (a > 0) & np.isfinite(v)
-    return np.where(ok, v, np.nan)
+        v = np.where(a > 0, (x0 + x1) / 2 - s01 / (2 * a), np.nan)
+    fit = finite[j - 1, cols] & finite[j, cols] & finite[j + 1, cols]
+    low = fit & ((v < x[0]) | ((a <= 0) & (i == 0) & (y0 < y2)))
+    high = fit & ((v > x[-1]) | ((a <= 0) & (i == len(x) - 1) & (y2 < y0)))
+    inside = fit & (a > 0) & ~low & ~high
+    return np.where(inside, v, np.where(low, -np.inf, np.where(high, np.inf, np.nan)))
 
 
 @dataclass
@@ -47,7 +53,7 @@ class Optimum:
     label: str
     sweep: list[Series]  # every learning rate tried, ascending (failed ones included: they bracket the optimum)
     log_lr: float  # log10 of the located optimum
-    boot: np.ndarray  # (N_BOOT,) the optimum per resample, NaN where not located
+    boot: np.ndarray  # (N_BOOT,) the optimum per resample: -inf / +inf beyond the grid's low / high end, NaN not located
     alpha: float | None
     losses: np.ndarray  # (L,) final held-out target loss per learning rate (a diverged one: the worst finite loss)
     raw: np.ndarray  # (L,) as measured (NaN / inf where a run diverged)
@@ -115,22 +121,32 @@ def band_verdict(lo: float, hi: float, band: tuple[float, float]) -> str:
 
 def _ratio(claim: str, group: str, comp: str, what: str, num: Optimum, den: Optimum, scale: float,
            band: tuple[float, float], rule: str, extra: str = "") -> Finding:
-    """A row deciding scale * lr*_num / lr*_den against a band, from the resamples where both optima were located."""
-    d = scale * 10 ** (num.boot - den.boot)
-    ok = np.isfinite(d)
+    """A row deciding scale * lr*_num / lr*_den against a band. A resample whose optimum lies beyond its grid gives
+    a ratio of 0 or inf: kept, so that the interval opens on that side (it is not narrowed by leaving them out)
+    and such an interval can say "not reproduced" but never "reproduced". Resamples without a ratio (no fit, or
+    both optima beyond the same end) are dropped and counted."""
+    with np.errstate(all="ignore"):
+        d = scale * 10 ** (num.boot - den.boot)
+    ok = ~np.isnan(d)
     est = float(scale * 10 ** (num.log_lr - den.log_lr))
     nums = (f"optimum lr {num.label} {num.lr:.3g} ({num.grid}) vs {den.label} {den.lr:.3g} ({den.grid}){extra}; "
             f"band [{band[0]:.3g}, {band[1]:.3g}]")
     dropped = 1.0 - float(ok.mean())
     if dropped > 0.5:
-        return Finding(claim, group, comp, what, stats.NOT_RUN, numbers=nums + f"; the optimum is not located (at the grid "
-                       f"edge or no convex fit) in {dropped:.0%} of resamples: the grid does not bracket it reliably", rule=rule)
-    lo, hi = stats.interval(d[ok])
+        return Finding(claim, group, comp, what, stats.NOT_RUN, numbers=nums + f"; no ratio in {dropped:.0%} of resamples "
+                       f"(no convex fit, or both optima beyond the same end of their grids)", rule=rule)
+    with np.errstate(divide="ignore"):
+        lo, hi = 10 ** np.array(stats.interval(np.clip(np.log10(d[ok]), -OPEN, OPEN)))
+    lo, hi = (0.0 if lo < 10 ** -(OPEN / 2) else float(lo)), (np.inf if hi > 10 ** (OPEN / 2) else float(hi))
     verdict = band_verdict(lo, hi, band)
-    note = f"{dropped:.0%} of resamples dropped (optimum at the grid edge or no convex fit)" if dropped else ""
+    notes = [f"{dropped:.1%} of resamples without a ratio, dropped"] if dropped else []
+    beyond = float(np.mean((d[ok] == 0) | np.isinf(d[ok])))
+    if beyond:
+        notes.append(f"in {beyond:.1%} an optimum lies beyond its grid" + (": the interval is open on that side" if lo == 0 or hi == np.inf else ""))
     if dropped > 1 - stats.LEVEL and verdict != stats.NOT_SIGNIFICANT:
-        verdict, note = stats.NOT_SIGNIFICANT, note + f": more than {1 - stats.LEVEL:.0%}, so the 95% interval reaches past the grid"
-    return Finding(claim, group, comp, what, verdict, est, (lo, hi), nums, rule, note)
+        verdict = stats.NOT_SIGNIFICANT
+        notes.append(f"more than {1 - stats.LEVEL:.0%} dropped, so the 95% interval is not known")
+    return Finding(claim, group, comp, what, verdict, est, (lo, hi), nums, rule, "; ".join(notes))
 
 
 def _labels(A: Analysis, group: str, family: str) -> list[str]:
@@ -209,14 +225,24 @@ def _loss(A: Analysis, p: Point, s: Series) -> float:
     return stats.value(A.signal(p, "target", s.domain))
 
 
+def _factor(a: Series, b: Series) -> float:
+    return max(a.trainable_params, b.trainable_params) / max(min(a.trainable_params, b.trainable_params), 1)
+
+
 def attention_only(A: Analysis) -> list[Finding]:
-    """(j): attention-only LoRA vs MLP-only / all-layer LoRA, each at its best lr, final held-out target loss."""
+    """(j): attention-only LoRA vs MLP-only / all-layer LoRA, each at its best lr, final held-out target loss, for
+    every pair matched in trainable parameters; one "not run" row for an attention-only run with no such partner."""
     rows = []
     for g in A.groups:
         lora = [(s, target_kind(s.targets)) for s in A.of_family(g, "lora")]
         for att in [s for s, k in lora if k == "attention"]:
-            for o, kind in [(s, k) for s, k in lora if k in ("mlp", "all")]:
-                rows.append(_targets_row(A, att, o, kind))
+            others = [(o, k) for o, k in lora if k in ("mlp", "all")]
+            matched = [(o, k) for o, k in others if _factor(att, o) <= PARAMS_FACTOR]
+            rows += [_targets_row(A, att, o, k) for o, k in matched]
+            if others and not matched:
+                sizes = ", ".join(f"{o.label} {o.trainable_params:,} ({_factor(att, o):.1f}x)" for o, _ in others)
+                rows.append(Finding("j", g, att.who, "", stats.NOT_RUN, numbers=f"trainable parameters {att.label} "
+                                    f"{att.trainable_params:,} vs {sizes}: none within {PARAMS_FACTOR:g}x, not matched"))
     return rows or [Finding("j", "all", "", "", stats.NOT_RUN, numbers="no attention-only and MLP-only / all-layer LoRA runs in one experiment")]
 
 
@@ -224,10 +250,6 @@ def _targets_row(A: Analysis, att: Series, o: Series, kind: str) -> Finding:
     g, comp = att.group, f"{att.who} vs {o.who}"
     what = f"final held-out target loss (attention-only worse than {kind} by)"
     params = f"trainable parameters {att.label} {att.trainable_params:,} vs {o.label} {o.trainable_params:,}"
-    factor = max(att.trainable_params, o.trainable_params) / max(min(att.trainable_params, o.trainable_params), 1)
-    if factor > PARAMS_FACTOR:
-        return Finding("j", g, comp, what, stats.NOT_RUN, numbers=f"{params}: they differ by {factor:.1f}x (more than "
-                       f"{PARAMS_FACTOR:g}x), not matched")
     if not (ok(att) and ok(o)):
         return _failed("j", g, comp, [att, o])
     pairs = _common(A, att, o)

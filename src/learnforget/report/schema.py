@@ -11,9 +11,9 @@
            checkpoints: [{tokens, budget, flops, heldout: {target: HeldOut, general: HeldOut}, tasks: {task: TaskResult}}]}],
  "analysis": {spectrum: [...], intruders: [...], diversity: [...]}   (optional; study/analyse.py)}
 TaskResult = {metric, value, stderr, n, chance, items: one score per item, in an order shared by every system}.
-HeldOut = {loss, tokens[, kl], units: {loss: [sum per unit], tokens: [count per unit][, kl: [sum per unit]]}}: units
-are held-out documents (one per row they span), in an order shared by the base model and every checkpoint of the
-experiment; kl is KL(base || checkpoint) per token. A missing base heldout entry drops only a reference line.
+HeldOut = {loss, tokens[, kl][, entropy], units: {loss: [sum per unit], tokens: [count per unit][, kl, entropy: [sum per
+unit]]}}: units are held-out documents (one per row they span), in an order shared by the base model and every checkpoint
+of the experiment; kl is KL(base || checkpoint) per token, entropy the model's next-token entropy per token. A missing base heldout entry drops only a reference line.
 analysis rows: spectrum {run_id, tokens, module_type, layer, rank90, full_rank}; intruders {run_id, tokens, k, eps,
 count[, directions]}; diversity {run_id ("base"), tokens, task, n, distinct, distinct_correct, pass_at_k[, items]}.
 """
@@ -54,7 +54,7 @@ def _heldout(h, where: str, n_units: int | None = None) -> int:
     _need(h, ("loss", "tokens", "units"), where)
     _need(h["units"], ("loss", "tokens"), f"{where}.units")
     n = len(h["units"]["tokens"])
-    for k in ("loss", "kl"):
+    for k in ("loss", "kl", "entropy"):
         if k in h["units"] and len(h["units"][k]) != n:
             raise UserError(f"results.json: '{where}.units.{k}' has {len(h['units'][k])} values but {n} units")
     if n_units is not None and n != n_units:
@@ -124,11 +124,12 @@ def load(study_dir: Path) -> dict:
 # ----------------------------------------------------------------------------- the typed view
 
 # Signals: "metric" (the learning task), "target" (held-out target loss), "signal" (forgetting tasks above chance),
-# "paper" (the paper's three tasks), "general" (held-out general-text loss), "kl_general" / "kl_target" (KL drift).
+# "paper" (the paper's three tasks), "general" (held-out general-text loss), "kl_general" / "kl_target" (KL drift),
+# "entropy_target" (next-token entropy on target text: higher is more diverse, the "better" of claim g).
 HIGHER_BETTER = {"metric": True, "signal": True, "paper": True, "target": False, "general": False,
-                 "kl_general": False, "kl_target": False}
+                 "kl_general": False, "kl_target": False, "entropy_target": True}
 MARGIN_OF = {"metric": "accuracy", "signal": "accuracy", "paper": "accuracy", "target": "loss", "general": "loss",
-             "kl_general": "kl", "kl_target": "kl"}
+             "kl_general": "kl", "kl_target": "kl", "entropy_target": "loss"}
 
 
 @dataclass
@@ -138,7 +139,7 @@ class Point:
     tokens: int
     flops: float
     tasks: dict[str, Units]  # per benchmark task: item scores
-    heldout: dict[str, Units]  # "target", "general", "kl_target", "kl_general": per-unit sums and token counts
+    heldout: dict[str, Units]  # "target", "general", "kl_*", "entropy_*": per-unit sums and token counts
 
 
 @dataclass
@@ -173,8 +174,9 @@ def _heldout_units(key: str, hs: list[dict], system: str) -> dict[str, Units]:
     """Units of one held-out set for the runs of one series (one row of sums per seed)."""
     counts = np.asarray(hs[0]["units"]["tokens"], float)
     out = {key: Units.of(key, [h["units"]["loss"] for h in hs], counts, system)}
-    if all("kl" in h["units"] for h in hs):
-        out["kl_" + key] = Units.of("kl_" + key, [h["units"]["kl"] for h in hs], counts, system)
+    for k in ("kl", "entropy"):
+        if all(k in h["units"] for h in hs):
+            out[f"{k}_{key}"] = Units.of(f"{k}_{key}", [h["units"][k] for h in hs], counts, system)
     return out
 
 
@@ -183,8 +185,7 @@ def _point(tokens: int, flops: float, cks: list[dict], group: str, system: str) 
     tasks = {t: Units.of(t, [c["tasks"][t]["items"] for c in cks], system=system) for t in names}
     held = {**_heldout_units("target", [c["heldout"]["target"] for c in cks], system),
             **_heldout_units("general", [c["heldout"]["general"] for c in cks], system)}
-    # unit sets are named per experiment for the target split (its documents), shared for general text
-    held = {k: Units(f"{group}:{k}" if "target" in k else k, u.scores, u.counts, system) for k, u in held.items()}
+    held = {k: Units(_unit_set(group, k), u.scores, u.counts, system) for k, u in held.items()}
     return Point(tokens, flops, tasks, held)
 
 
@@ -197,10 +198,17 @@ def base_point(res: dict, group: str) -> Point:
         h = b["heldout"].get(ref)
         if h:
             counts = np.asarray(h["units"]["tokens"], float)
-            name = f"{group}:{key}" if key == "target" else key
-            held[key] = Units.of(name, h["units"]["loss"], counts, "base")
-            held["kl_" + key] = Units.of("kl_" + name, np.zeros(len(counts)), counts, "base")
+            held[key] = Units.of(_unit_set(group, key), h["units"]["loss"], counts, "base")
+            held["kl_" + key] = Units.of(_unit_set(group, "kl_" + key), np.zeros(len(counts)), counts, "base")
+            if "entropy" in h["units"]:
+                held["entropy_" + key] = Units.of(_unit_set(group, "entropy_" + key), h["units"]["entropy"], counts, "base")
     return Point(0, 0.0, tasks, held)
+
+
+def _unit_set(group: str, k: str) -> str:
+    """A held-out unit set's name (its bootstrap indices): per experiment for the target split (its documents), shared
+    for general text."""
+    return f"{group}:{k}" if "target" in k else k
 
 
 def series(res: dict) -> list[Series]:

@@ -35,8 +35,9 @@ def _import_ray():
 
 def _train_one(config: dict) -> str:
     """The Ray task: one training run, rebuilt from its config dict (plain data crosses the wire)."""
-    from .. import train
+    from .. import quiet, train
 
+    quiet.libraries()
     cfg = RunConfig.from_dict(config)
     train.run(cfg)
     return cfg.out

@@ -110,8 +110,8 @@ def _heldout_key(study: Study, r: PlannedRun, name: str) -> str:
 
 
 def heldout_entry(v: dict) -> dict:
-    """A held-out set's results.json entry: mean loss, tokens, KL drift if scored, and the per-document units."""
-    return {k: v[k] for k in ("loss", "tokens", "kl", "units") if k in v}
+    """A held-out set's results.json entry: mean loss, tokens, KL drift if scored, entropy, and the per-document units."""
+    return {k: v[k] for k in ("loss", "tokens", "kl", "entropy", "units") if k in v}
 
 
 def base_results(study: Study, root: Path, runs: list[PlannedRun]) -> dict:

@@ -41,8 +41,11 @@ def train_all(study: Study, runs: list[PlannedRun]) -> None:
 def _worker_init(threads: int) -> None:
     import torch
 
+    from .. import quiet
+
     torch.set_num_threads(threads)
-    os.environ["TQDM_DISABLE"] = "1"  # several progress bars on one terminal garble each other; the parent reports
+    quiet.libraries(bars=False)
+    os.environ["TQDM_DISABLE"] = "1"  # learnforget's own step bars too (train.loop reads it)
 
 
 def _train_one(config: dict) -> None:

@@ -106,12 +106,15 @@ def test_study_runs_caches_and_reports(code_corpus, tmp_path, capsys):
 def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys, monkeypatch):
     assert cli.main(["study", str(write_study(tmp_path, code_corpus)), "--out", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "3 runs; estimated training time" in out and "TFLOP" in out
+    assert "3 runs, " in out and "estimated wall time" in out and "TFLOP" in out
+    # the clock is measured: one training-row time per kind of run (full, each LoRA rank), a checkpoint write each
+    measured = next(ln for ln in out.splitlines() if ln.strip().startswith("measured just now"))
+    assert all(k in measured for k in ("full ", "lora-r2-", "lora-r4-")) and "a held-out row" in measured
     assert not (tmp_path / "s").exists()
     # power: measured on the base model's per-document losses of the planned held-out sets
     lines = [ln for ln in out.splitlines() if ln.startswith("code-cpt") and "held-out" in ln]
     assert len(lines) == 2 and all(float(ln.split()[4]) > 0 for ln in lines)
-    # the estimate counts the held-out scoring at every checkpoint: the same forward cost for every method
+    # without the probe: FLOPs at a measured matmul rate, counting the held-out scoring at every checkpoint
     monkeypatch.setattr(cost, "measure_matmul_flops", lambda seconds=1.0: 1e11)
     s = plan.load(write_study(tmp_path, code_corpus))
     with_eval = cost.dry_run(s, plan.expand(s, tmp_path))
@@ -119,6 +122,29 @@ def test_dry_run_prints_the_plan(code_corpus, tmp_path, capsys, monkeypatch):
     without = cost.dry_run(s, plan.expand(s, tmp_path))
     extra = [a["est_seconds"] - b["est_seconds"] for a, b in zip(with_eval, without)]
     assert extra[0] > 0 and extra == pytest.approx([extra[0]] * 3)
+
+
+def test_dry_run_time_is_the_measured_clock_times_the_plans_counts(code_corpus, tmp_path):
+    from learnforget.study import probe
+
+    s = plan.load(write_study(tmp_path, code_corpus, executor={"workers": 2}, analysis={"spectrum": True, "checkpoints": "all"}))
+    runs = plan.expand(s, tmp_path)
+    kinds = {r.id: probe.kind(r.config) for r in runs}
+    assert sorted(set(kinds.values())) == ["full", "lora-r2-all", "lora-r4-all"]  # the learning rate does not change a step's cost
+    clock = probe.Clock(threads=1, precision="fp32", load=1.0, data={"code-cpt": 2.0}, score_row=0.1, kinds=kinds,
+                        row={k: (0.5 if k == "full" else 0.25) for k in kinds.values()},
+                        save={k: (3.0 if k == "full" else 0.5) for k in kinds.values()}, analysis_first=4.0, analysis=2.0)
+    rows = cost.dry_run(s, runs, clock)
+    # 512 tokens = 8 rows of 64; 2 checkpoints, each a write and the target + general sets (2 x 128 tokens = 4 rows)
+    assert [r["est_seconds"] for r in rows] == pytest.approx([1 + 2 + 8 * 0.5 + 2 * (3 + 4 * 0.1), 1 + 2 + 8 * 0.25 + 2 * (0.5 + 0.4),
+                                                             1 + 2 + 8 * 0.25 + 2 * (0.5 + 0.4)])
+    split = cost.study_seconds(s, runs, rows, clock)
+    # two runs at a time: half the sum (13.7 s), but never less than the longest run (13.8 s)
+    assert split["training"] == pytest.approx(max(sum(r["est_seconds"] for r in rows) / 2, rows[0]["est_seconds"])) == 13.8
+    s.executor.workers = 1
+    assert cost.study_seconds(s, runs, rows, clock)["training"] == pytest.approx(sum(r["est_seconds"] for r in rows))
+    assert split["analysis"] == pytest.approx(1 + 4 + 5 * 2)  # 6 checkpoints: the first with the base's vectors
+    assert split["total"] == pytest.approx(split["training"] + split["analysis"] + split["base model held-out"])
 
 
 def test_study_scores_benchmark_tasks_on_shared_items(code_corpus, tmp_path):

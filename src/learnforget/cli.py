@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--power", action=argparse.BooleanOptionalAction, default=True,
                    help="with --dry-run: also score the base model on the planned held-out sets (seconds) and print the "
                         "smallest difference each signal can detect; --no-power plans without loading the model or data")
+    s.add_argument("--probe", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --dry-run: time a few real training steps of each kind of run, a checkpoint write, held-out "
+                        "scoring and the analysis on this machine (a minute), so the time estimate is measured; the default "
+                        "for a model on this disk (embedded, a local folder); --no-probe (the default for a hub model, "
+                        "which may be far too large for this machine) estimates from FLOPs and a matmul rate (rough)")
     s.add_argument("--executor", choices=KINDS, default="local",
                    help="local: train the runs one after another here; ray: each pending run is a Ray task "
                         "(resources per run: the study YAML's executor: num_cpus, num_gpus, memory_gb; needs "

@@ -4,7 +4,7 @@ evaluated, analysed, gathered into results.json, and reported.
     learnforget study configs/demo-cpu.yaml [--dry-run] [--out runs/studies] [--executor ray]
 
     plan.py        the YAML read and checked, the grid expanded to runs (ids: hash of the resolved RunConfig)
-    cost.py        FLOPs, time and memory estimates (--dry-run)
+    cost.py        FLOPs, time and memory estimates (--dry-run); probe.py: its clock, timed on this machine
     power.py       the smallest difference each signal can detect (--dry-run)
     training.py    train the pending runs here; executors.py: or as Ray tasks
     evaluation.py  the base model's held-out scores and KL references (before training), benchmark tasks per checkpoint
@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from .. import locks
-from . import analyse, cost, evaluation, gather, plan, power, regret_plan, training
+from . import analyse, cost, evaluation, gather, plan, power, probe, regret_plan, training
 
 
 def main(args) -> int:
@@ -34,8 +34,12 @@ def main(args) -> int:
     root = Path(args.out) / study.name
     runs = plan.expand(study, root)
     if args.dry_run:
-        plan_rows = cost.dry_run(study, runs)
-        cost.print_plan(plan_rows)
+        clock = None
+        if runs and (probe.local(study.model) if getattr(args, "probe", None) is None else args.probe):
+            print(f"[dry-run] timing {probe.STEPS} steps of each kind of run on this machine ...", flush=True)
+            clock = probe.measure(study, runs, probe.threads_per_run(study))
+        plan_rows = cost.dry_run(study, runs, clock)
+        cost.print_plan(plan_rows, cost.study_seconds(study, runs, plan_rows, clock) if clock else None, clock)
         print("\nLoRA Without Regret checks this grid can make (report claims h-k):")
         for line in regret_plan.checks(runs, {r.id: row["trainable"] for r, row in zip(runs, plan_rows)}):
             print("  " + line)

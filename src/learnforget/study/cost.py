@@ -29,8 +29,10 @@ def measure_matmul_flops(seconds: float = 1.0) -> float:
     return 2 * 1024**3 * n / (time.time() - t0)
 
 
-def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
-    """Per run: tokens, FLOPs, time and peak memory estimated for this hardware, without loading data."""
+def dry_run(study: Study, runs: list[PlannedRun], clock=None) -> list[dict]:
+    """Per run: tokens, FLOPs, time and peak memory estimated for this hardware, without loading data. The time is
+    from `clock` (probe.measure: real steps on this machine) when given, else from FLOPs at 80% of a matmul rate
+    measured now (a rough figure, used for the ETA of a running study, which rescales it by what it sees)."""
     from .. import models
 
     model_cfg = models.architecture(study.model)  # no weights; offline, a built-in table for the configs' models
@@ -38,7 +40,7 @@ def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
     kv = d * getattr(model_cfg, "num_key_value_heads", model_cfg.num_attention_heads) // model_cfg.num_attention_heads
     shapes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
     n_total = L * sum(a * b for a, b in shapes.values()) + V * d * (1 if getattr(model_cfg, "tie_word_embeddings", True) else 2)
-    rate = measure_matmul_flops()
+    rate = None if clock else measure_matmul_flops()
     rows = []
     for r in runs:
         m, t = r.config.method, r.config.train
@@ -54,18 +56,52 @@ def dry_run(study: Study, runs: list[PlannedRun]) -> list[dict]:
         # memory: fp32 weights (+ grads + 2 Adam moments for what trains) + logits of one micro-batch
         trainable = n_total if m.method == "full" else n_lora
         mem = 4 * (n_total + 3 * trainable) + 4 * 3 * t.micro_batch * study.seq_len * V + 4 * 30 * t.micro_batch * study.seq_len * d * L
+        if clock and tokens:
+            k, n_ck = clock.kinds[r.id], len(t.checkpoints)
+            est = (clock.load + clock.data[r.experiment.name] + tokens / study.seq_len * clock.row[k]
+                   + n_ck * (clock.save[k] + sets * t.eval_tokens / study.seq_len * clock.score_row))
+        else:
+            est = (flops + eval_flops) / (0.8 * rate) if flops else None
         rows.append({"run": Path(r.config.out).name, "tokens": tokens, "epochs": t.epochs, "flops": flops, "trainable": trainable,
-                     "est_seconds": (flops + eval_flops) / (0.8 * rate) if flops else None, "est_peak_gb": mem / 1e9})
+                     "est_seconds": est, "est_peak_gb": mem / 1e9})
     return rows
 
 
-def print_plan(rows: list[dict]) -> None:
+def study_seconds(study: Study, runs: list[PlannedRun], rows: list[dict], clock) -> dict[str, float]:
+    """The study's wall time by stage from a measured clock: the base model's held-out scores, training (runs
+    `workers` at a time), and the analysis of every analysed checkpoint."""
+    t = runs[0].config.train
+    sets = (1 + len(t.extra_eval)) if t.eval_tokens else 0
+    experiments = {r.experiment.name for r in runs}
+    base = clock.load + sum(clock.data[e] + sets * t.eval_tokens / study.seq_len * clock.score_row for e in experiments)
+    runs_s = [row["est_seconds"] or 0.0 for row in rows]
+    workers = max(1, study.executor.workers)
+    training = max(sum(runs_s) / workers, max(runs_s, default=0.0))
+    an, analysis = study.analysis, 0.0
+    if an is not None and (an.spectrum or an.intruders):
+        n = sum(len(r.config.train.checkpoints) if an.checkpoints == "all" else 1 for r in runs)
+        analysis = clock.load + (clock.analysis_first + (n - 1) * clock.analysis if n else 0.0)
+    return {"base model held-out": base, "training": training, "analysis": analysis, "total": base + training + analysis}
+
+
+def print_plan(rows: list[dict], split: dict[str, float] | None = None, clock=None) -> None:
     print(f"{'run':<60} {'tokens':>9} {'TFLOP':>8} {'est. min':>9} {'est. GB':>8}")
     for row in rows:
         tf = f"{row['flops'] / 1e12:8.1f}" if row["flops"] else f"{'-':>8}"
         mins = f"{row['est_seconds'] / 60:9.1f}" if row["est_seconds"] else f"{'-':>9}"
         print(f"{row['run']:<60} {row['tokens'] or row['epochs']:>9} {tf} {mins} {row['est_peak_gb']:8.1f}")
     total = sum(r["est_seconds"] or 0 for r in rows)
-    print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (with the held-out "
-          f"losses at each checkpoint; benchmark tasks and analysis extra); "
-          f"{sum(r['flops'] or 0 for r in rows) / 1e15:.3g} PFLOP in all")
+    pflop = sum(r['flops'] or 0 for r in rows) / 1e15
+    if split is None:
+        print(f"{len(rows)} runs; estimated training time {total / 3600:.2f} h on this machine (from FLOPs at 80% of the measured "
+              f"matmul rate; with the held-out losses at each checkpoint; benchmark tasks and analysis extra); {pflop:.3g} PFLOP in all")
+        return
+    parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in split.items() if k != "total")
+    steps = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in clock.row.items())
+    print(f"{len(rows)} runs, {pflop:.3g} PFLOP; estimated wall time {split['total'] / 60:.1f} min on this machine: {parts} "
+          f"(benchmark tasks, diversity sampling, the report and set-up extra)")
+    print(f"  measured just now with {clock.threads} thread(s) a run at {clock.precision}: a training row of each kind "
+          f"({steps}), a held-out row {clock.score_row * 1e3:.0f} ms, a model load {clock.load:.1f} s, a checkpoint write "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in clock.save.items())
+          + (f", the analysis of a checkpoint {clock.analysis:.1f} s (the first {clock.analysis_first:.1f} s)" if clock.analysis else "")
+          + "; expected error about +-20% (runs in parallel share memory bandwidth; the machine's load varies)")

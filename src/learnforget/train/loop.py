@@ -114,7 +114,7 @@ def run(cfg: RunConfig) -> dict:
 # ---------------------------------------------------------------- setup
 
 
-def _precision(precision: str) -> str:
+def resolve_precision(precision: str) -> str:
     if precision == "auto":  # bf16 only where native: on this CPU it measured 60-80x slower than fp32
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     return precision
@@ -127,7 +127,7 @@ def _setup(cfg: RunConfig) -> Run:
     from transformers import get_cosine_schedule_with_warmup
 
     t = cfg.train
-    precision = _precision(t.precision)
+    precision = resolve_precision(t.precision)
     # cpu=True when there is no accelerator: that is what lets torchrun/accelerate start gloo DDP on CPUs.
     no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=no_accelerator)

@@ -12,6 +12,7 @@ import resource
 import secrets
 import socket
 import textwrap
+import time
 
 import pytest
 
@@ -31,18 +32,27 @@ def run(source: str, **kw) -> ExecResult:
     return run_program(textwrap.dedent(source), **kw)
 
 
-def processes_named(comm: str) -> list[int]:
-    """Pids of processes anywhere on the machine whose name (/proc/PID/comm) is `comm`."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/comm") as f:
-                    if f.read().strip() == comm:
-                        pids.append(int(name))
-            except OSError:
-                pass
-    return pids
+def processes_named(comm: str, within: float = 5.0) -> list[int]:
+    """Pids of live (not zombie) processes anywhere on the machine whose name (/proc/PID/comm) is `comm`, once
+    none is left or `within` seconds have passed: SIGKILL to a whole pid namespace or group is delivered at
+    once but the processes take a moment to exit, so an immediate look can see a process that is already dying."""
+    deadline = time.monotonic() + within
+    while True:
+        pids = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/comm") as f:
+                        if f.read().strip() != comm:
+                            continue
+                    with open(f"/proc/{name}/status") as f:
+                        if "\nState:\tZ" not in f.read():
+                            pids.append(int(name))
+                except OSError:
+                    pass
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
 
 
 # Lets the program give itself (and the children it forks) a name we can look for afterwards.

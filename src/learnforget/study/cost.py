@@ -51,15 +51,14 @@ def dry_run(study: Study, runs: list[PlannedRun], clock=None) -> list[dict]:
         fpt = flops_per_token(n_total, n_lora or n_total, m.method == "full", L, d, study.seq_len)
         flops = fpt * tokens if tokens else None
         # held-out scoring at every checkpoint (a forward pass, 2N per token): in the demo as much as the training
-        sets = (1 + len(t.extra_eval)) if t.eval_tokens else 0
-        eval_flops = 2 * n_total * t.eval_tokens * sets * len(t.checkpoints)
+        eval_flops = 2 * n_total * _eval_rows(t, study.seq_len) * study.seq_len * len(t.checkpoints)
         # memory: fp32 weights (+ grads + 2 Adam moments for what trains) + logits of one micro-batch
         trainable = n_total if m.method == "full" else n_lora
         mem = 4 * (n_total + 3 * trainable) + 4 * 3 * t.micro_batch * study.seq_len * V + 4 * 30 * t.micro_batch * study.seq_len * d * L
         if clock and tokens:
             k, n_ck = clock.kinds[r.id], len(t.checkpoints)
             est = (clock.load + clock.data[r.experiment.name] + tokens / study.seq_len * clock.row[k]
-                   + n_ck * (clock.save[k] + sets * t.eval_tokens / study.seq_len * clock.score_row))
+                   + n_ck * (clock.save[k] + _eval_rows(t, study.seq_len) * clock.score_row))
         else:
             est = (flops + eval_flops) / (0.8 * rate) if flops else None
         rows.append({"run": Path(r.config.out).name, "tokens": tokens, "epochs": t.epochs, "flops": flops, "trainable": trainable,
@@ -67,13 +66,17 @@ def dry_run(study: Study, runs: list[PlannedRun], clock=None) -> list[dict]:
     return rows
 
 
+def _eval_rows(t, seq_len: int) -> float:
+    """Held-out rows scored at each checkpoint: the target split and each extra set, eval_tokens each."""
+    return ((1 + len(t.extra_eval)) if t.eval_tokens else 0) * t.eval_tokens / seq_len
+
+
 def study_seconds(study: Study, runs: list[PlannedRun], rows: list[dict], clock) -> dict[str, float]:
     """The study's wall time by stage from a measured clock: the base model's held-out scores, training (runs
     `workers` at a time), and the analysis of every analysed checkpoint."""
-    t = runs[0].config.train
-    sets = (1 + len(t.extra_eval)) if t.eval_tokens else 0
+    rows_eval = _eval_rows(runs[0].config.train, study.seq_len)
     experiments = {r.experiment.name for r in runs}
-    base = clock.load + sum(clock.data[e] + sets * t.eval_tokens / study.seq_len * clock.score_row for e in experiments)
+    base = clock.load + sum(clock.data[e] + rows_eval * clock.score_row for e in experiments)
     runs_s = [row["est_seconds"] or 0.0 for row in rows]
     workers = max(1, study.executor.workers)
     training = max(sum(runs_s) / workers, max(runs_s, default=0.0))

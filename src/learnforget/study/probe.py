@@ -11,7 +11,6 @@ slow each other (they share memory bandwidth; on 2 cores, two 1-thread runs meas
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import statistics
 import tempfile
@@ -146,5 +145,7 @@ def local(model: str) -> bool:
 
 def threads_per_run(study: Study) -> int:
     """The threads training.py gives each run: the cores shared by the parallel workers, else torch's count."""
+    from .training import worker_threads
+
     workers = study.executor.workers
-    return max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else torch.get_num_threads()
+    return worker_threads(workers) if workers > 1 else torch.get_num_threads()

@@ -54,6 +54,11 @@ def _train_one(config: dict) -> None:
     train.run(RunConfig.from_dict(config))
 
 
+def worker_threads(workers: int) -> int:
+    """Threads each of `workers` parallel runs gets: an equal share of this process's cores."""
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
 def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: int) -> None:
     """Pending runs `workers` at a time in spawned processes; a failed run is named at the end, the others finish."""
     from .. import models
@@ -61,7 +66,7 @@ def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: 
     for model in sorted({r.config.model for r in pending}):  # convert an embedded model once, not in every worker
         if model in models.EMBEDDED:
             models.resolve(model)
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    threads = worker_threads(workers)
     print(f"[study] {len(pending)} runs to train ({len(runs) - len(pending)} cached), {workers} at a time with "
           f"{threads} thread(s) each", flush=True)
     t0, failed = time.time(), []

@@ -126,3 +126,24 @@ def test_peak_rss_is_per_run_not_per_process():
     del big
     train.reset_peak_rss()
     assert train.peak_rss_mb() < high - 32  # the 64 MB are gone from the new peak
+
+
+def test_chunked_loss_under_bf16_autocast_stays_close_to_fp32():
+    """bf16 mixed precision: the head's matmuls run in bf16 (its result differs from fp32's), the loss and
+    the gradients stay within bf16 rounding of the fp32 plain path."""
+    from learnforget.cpu import onednn
+
+    model, _ = models.load("tiny-random-llama")
+    model.train()
+    ids, labels = batch(ift=True)
+    ref = loss_and_grads(model, ids, labels, None)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), onednn.linears(model, training=True):
+        loss, n = token_losses(model, ids, labels)
+        (loss / n).backward()
+    assert loss.dtype == torch.float32 and float(loss) != ref[0]
+    assert float(loss) == pytest.approx(ref[0], rel=1e-2)
+    for k, p in model.named_parameters():
+        g = ref[2][k]
+        assert p.grad.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(p.grad.flatten(), g.flatten(), dim=0) > 0.99, k

@@ -83,6 +83,27 @@ def test_training_mode_patches_without_packing_and_frozen_weights_get_no_gradien
     assert "forward" not in vars(head)
 
 
+def test_frozen_weights_under_autocast_give_autocasts_numbers_and_trainable_ones_their_gradients():
+    """bf16 mixed precision with LoRA's frozen base: the frozen weights are cast once per context, with the
+    same rounding as autocast's own cast, so the outputs are autocast's, bit for bit."""
+    model, _ = models.tiny_random_llama()
+    for n, p in model.named_parameters():
+        p.requires_grad_("q_proj" in n)
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(ids).logits
+        ref.float().sum().backward()
+        ref_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad(set_to_none=True)
+        with onednn.linears(model, training=True):
+            got = model(ids).logits
+            again = model(ids).logits
+        got.float().sum().backward()
+    assert torch.equal(got, ref) and torch.equal(again, ref)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert len(grads) == model.config.num_hidden_layers and all(torch.allclose(g, r, rtol=1e-2, atol=1e-3) for g, r in zip(grads, ref_grads))
+
+
 def test_environment_switch_turns_it_off(monkeypatch):
     model, _ = models.tiny_random_llama()
     monkeypatch.setenv("LEARNFORGET_ONEDNN", "0")

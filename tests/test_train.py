@@ -228,3 +228,25 @@ def test_a_batch_of_prompts_only_is_skipped_not_nan(tmp_path):
     assert all(r["loss"] == r["loss"] for r in steps if r["loss"] is not None)  # no NaN anywhere
     assert all(v["loss"] == v["loss"] for r in rows if "eval" in r for v in r["eval"].values())
     assert summary["final_loss"] is not None and summary["final_loss"] == summary["final_loss"]
+
+
+def test_precision_auto_follows_the_hardware_and_is_recorded(code_corpus, tmp_path, monkeypatch):
+    """auto: bf16 only where the CPU has native bf16 *and* it measured faster; run.json says which and why;
+    bf16 really runs (its losses are close to fp32's, not equal)."""
+    from learnforget.cpu import precision
+
+    def trained(name, flags, speedup):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+        monkeypatch.setattr(precision, "bf16_speedup", lambda: speedup)
+        out = tmp_path / name
+        train(args(code_corpus, out, "--method", "full", "--lr", "1e-3", "--tokens", "768", "--eval-tokens", "0"))
+        rec = json.loads((out / "run.json").read_text())
+        return rec["precision"], rec["precision_reason"], losses(out)
+
+    fp32, why, ref = trained("none", set(), 9.0)
+    assert fp32 == "fp32" and "without native bf16" in why
+    slow, why, _ = trained("slow", {"avx512_bf16"}, 1.05)
+    assert slow == "fp32" and "measured only 1.05x" in why
+    bf16, why, got = trained("fast", {"avx512_bf16"}, 2.0)
+    assert bf16 == "bf16" and "avx512_bf16" in why
+    assert got != ref and got == pytest.approx(ref, rel=2e-2)

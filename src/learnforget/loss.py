@@ -75,22 +75,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target, chunk, project):
         need_h, need_w = ctx.needs_input_grad[:2]
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        for s in range(0, hidden.shape[0], chunk):
-            h, t = hidden[s:s + chunk], target[s:s + chunk]
-            logits = (project(h) if project is not None else onednn.mm_t(h, weight)).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if need_h or need_w:
-                g = logits.sub_(lse[:, None]).exp_()  # softmax
-                g[torch.arange(len(t), device=g.device), t] -= 1.0
-                g = g.to(weight.dtype)
-                if need_h:
-                    grad_h[s:s + chunk] = onednn.mm_t(g, weight.t())
-                if need_w:
-                    grad_w.addmm_(g.T, h.to(weight.dtype))
+        # Under autocast (bf16 mixed precision) the three matmuls run in its dtype, as nn.Linear's would;
+        # the softmax, the loss and the weight gradient's sum stay float32. The weight is cast once, not per chunk.
+        device = hidden.device.type
+        dt = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        with torch.autocast(device, enabled=False):
+            w = weight.detach().to(dt)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros_like(weight) if need_w else None
+            rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
+            for s in range(0, hidden.shape[0], chunk):
+                h, t = hidden[s:s + chunk].to(dt), target[s:s + chunk]
+                logits = (project(h) if project is not None else onednn.mm_t(h, w)).float()
+                # softmax in place in the logits' memory (one buffer per chunk, no log-softmax copy):
+                # p = exp(z - max) / sum, loss = log(sum) + max - z_target
+                top = logits.amax(dim=-1, keepdim=True)
+                picked = logits.gather(1, t[:, None]).squeeze(1)
+                total = logits.sub_(top).exp_().sum(dim=-1)
+                loss += (total.log() + top.squeeze(1) - picked).sum()
+                if need_h or need_w:
+                    g = logits.div_(total[:, None])  # softmax
+                    g[rows[:len(t)], t] -= 1.0
+                    g = g.to(dt)
+                    if need_h:
+                        grad_h[s:s + chunk] = onednn.mm_t(g, w.t())
+                    if need_w:
+                        if dt == weight.dtype:
+                            grad_w.addmm_(g.t(), h)
+                        else:  # a low-precision product, summed in float32
+                            grad_w += g.t() @ h
         ctx.grads = (grad_h, grad_w)
         return loss
 

@@ -73,13 +73,23 @@ class _Linear(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         gx = _lp(g, weight.t()) if need_x else None
         g2 = g.reshape(-1, g.shape[-1])
-        gw = g2.t().mm(x.reshape(-1, x.shape[-1])) if need_w else None  # MKL: oneDNN is no faster here
+        gw = _lp(g2.t(), x.reshape(-1, x.shape[-1]).t()) if need_w else None  # g.T @ x
         gb = g2.sum(0) if (ctx.has_bias and need_b) else None
         return gx, gw, gb
 
 
-def _training_forward(module: torch.nn.Linear):
+def _training_forward(module: torch.nn.Linear, casts: dict):
     def forward(x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and not module.weight.requires_grad:
+            # A frozen weight (LoRA's base layers) under autocast: cast once per context, not per call;
+            # autocast caches only weights that need gradients. The same rounding as autocast's own cast.
+            dt = torch.get_autocast_dtype(device)
+            if module not in casts:
+                casts[module] = (module.weight.detach().to(dt), None if module.bias is None else module.bias.detach().to(dt))
+            w, b = casts[module]
+            with torch.autocast(device, enabled=False):
+                return F.linear(x.to(dt), w, b)
         return linear(x, module.weight, module.bias)
     return forward
 
@@ -100,12 +110,12 @@ def linears(model: torch.nn.Module, training: bool = False) -> Iterator[None]:
     if not available(model):
         yield
         return
-    patched = []
+    patched, casts = [], {}
     try:
         for m in model.modules():
             if type(m) is torch.nn.Linear and "forward" not in vars(m):
                 if training:
-                    m.forward = _training_forward(m)
+                    m.forward = _training_forward(m, casts)
                 else:
                     with torch.no_grad():
                         packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)

@@ -56,7 +56,6 @@ def _timed(fn) -> float:
 
 def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
     """Time each kind of run of `runs` for a few steps; restores torch's thread count after."""
-    from accelerate import Accelerator
 
     from .. import checkpoint, models
     from ..analysis import spectrum
@@ -66,15 +65,15 @@ def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
     from ..loss import token_losses
     from ..train import methods
     from ..train.heldout import heldout_sets
-    from ..train.loop import resolve_precision
+    from ..train.loop import accelerator, resolve_precision
     from ..train.save import save_checkpoint
     from .analyse import _intruder_rows, _spectrum_rows
 
     before, tmp = torch.get_num_threads(), Path(tempfile.mkdtemp(prefix="learnforget-probe-"))
     torch.set_num_threads(threads)
     try:
-        precision = resolve_precision(runs[0].config.train.precision)
-        acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=True)
+        precision = resolve_precision(runs[0].config.train.precision)[0]
+        acc = accelerator(precision)
         if study.model in models.EMBEDDED:  # its one-time conversion is set-up, not a run's cost
             models.resolve(study.model)
         t0 = time.perf_counter()
@@ -102,7 +101,7 @@ def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
             model.train()
 
             def step():
-                with onednn.linears(model, training=True):
+                with acc.autocast(), onednn.linears(model, training=True):
                     acc.backward(token_losses(model, x, x)[0] / x.numel())
                 opt.step()
                 opt.zero_grad(set_to_none=True)

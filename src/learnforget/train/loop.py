@@ -28,7 +28,7 @@ import torch
 
 from .. import checkpoint, integrity, locks, models
 from ..config import RunConfig
-from ..cpu import onednn
+from ..cpu import allocator, onednn
 from ..data.corpora import IGNORE, Corpus
 from ..errors import UserError
 from ..loss import token_losses
@@ -54,6 +54,7 @@ class Run:
     counts: dict
     precision: str
     out: Path
+    precision_reason: str = ""
     writer: Any = None
     step: int = 0
     references: dict = field(default_factory=dict)  # per held-out set: the base model's top-k distribution (KL drift)
@@ -90,6 +91,10 @@ def run(cfg: RunConfig) -> dict:
     if done is not None:
         print(f"[learnforget] {cfg.out}: already trained (run.json: done); nothing to do", flush=True)
         return done
+    # Large tensors are freed and made again every micro-batch: keep freed memory for reuse, after giving
+    # back what an earlier run in this process left (learnforget.cpu.allocator).
+    allocator.release()
+    allocator.tune()
     record.reset_peak_rss()
     r = _setup(cfg)  # every input check, before the run folder is touched
     try:
@@ -114,23 +119,40 @@ def run(cfg: RunConfig) -> dict:
 # ---------------------------------------------------------------- setup
 
 
-def resolve_precision(precision: str) -> str:
-    if precision == "auto":  # bf16 only where native: on this CPU it measured 60-80x slower than fp32
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return precision
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """(fp32 | bf16, why): `auto` is bf16 mixed precision where the hardware has it natively and it measures
+    faster here (learnforget.cpu.precision). Every process of a multi-process run must agree, so there the
+    CPU's flag decides alone (a timing could differ between processes)."""
+    from ..cpu import precision as hw
+
+    if precision == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return ("bf16", "auto: CPU with native bf16 (multi-process: by its flag)") if hw.native_bf16_cpu() \
+            else ("fp32", "auto: CPU without native bf16")
+    return hw.resolve(precision)
+
+
+def accelerator(precision: str):
+    """An Accelerator at this precision (fp32 | bf16). Accelerate keeps one state per process and refuses a
+    second precision in it, so the precision part of that state is reset when the runs of one process
+    (a study's, a test's) differ in precision; the process group is kept."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed = "bf16" if precision == "bf16" else "no"
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
+        AcceleratorState._reset_state()
+    # cpu=True when there is no accelerator: that is what lets torchrun/accelerate start gloo DDP on CPUs.
+    return Accelerator(mixed_precision=mixed, cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
 
 
 def _setup(cfg: RunConfig) -> Run:
     """Data, model, method, optimizer; everything that can fail on bad input happens before the run folder is touched."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
     t = cfg.train
-    precision = resolve_precision(t.precision)
-    # cpu=True when there is no accelerator: that is what lets torchrun/accelerate start gloo DDP on CPUs.
-    no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=no_accelerator)
+    precision, why = resolve_precision(t.precision)
+    acc = accelerator(precision)
     set_seed(t.seed)
     model, tok = models.load(cfg.model, seed=t.seed)
     corpus = Corpus(cfg.data, tok)
@@ -144,11 +166,12 @@ def _setup(cfg: RunConfig) -> Run:
     counts = methods.parameter_counts(model)
     opt = methods.optimizer(model, cfg.method, t)
     sched = get_cosine_schedule_with_warmup(opt, int(t.warmup * plan["total_steps"]), plan["total_steps"])
-    r = Run(cfg, acc, model, tok, corpus, plan, heldout, opt, sched, counts, precision, Path(cfg.out))
+    r = Run(cfg, acc, model, tok, corpus, plan, heldout, opt, sched, counts, precision, Path(cfg.out), precision_reason=why)
     if r.main:
         print(f"[learnforget] {cfg.method.label()} on {cfg.model}: trainable {counts['trainable']:,} of {counts['total']:,} "
               f"parameters ({100 * counts['trainable_fraction']:.2f}%); {plan['total_steps']} steps of "
-              f"{plan['rows_per_step']} x {cfg.data.seq_len} tokens; {len(corpus.train)} train / {len(corpus.heldout)} held-out documents", flush=True)
+              f"{plan['rows_per_step']} x {cfg.data.seq_len} tokens; {len(corpus.train)} train / {len(corpus.heldout)} held-out documents; "
+              f"precision {precision} ({why})", flush=True)
     return r
 
 
@@ -243,25 +266,36 @@ def _step(r: Run, rows: list) -> tuple[float | None, Any, int]:
     n_tokens = int((labels[:, 1:] != IGNORE).sum())
     mine = slice(rank * R // world, (rank + 1) * R // world)  # this process's rows of the global batch
     my_ids, my_labels = ids[mine], labels[mine]
-    step_loss = torch.zeros((), device=acc.device)
     grad_norm = None
-    # A global batch with no supervised token (IFT rows that are all prompt) has nothing to learn:
-    # it is skipped whole (every process sees the same count), not divided by zero into NaN weights.
-    for m in range(r.plan["accum"] if n_tokens else 0):
-        part = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
-        last = m == r.plan["accum"] - 1
-        # oneDNN for the linear layers' forward and input gradients on CPU (learnforget.cpu.onednn: faster than MKL here)
-        with acc.no_sync(model) if not last else contextlib.nullcontext(), onednn.linears(model, training=True):
-            # summed token loss of these rows over the whole global batch's supervised-token count
-            loss = token_losses(model, my_ids[part].to(acc.device), my_labels[part].to(acc.device))[0] / n_tokens
-            acc.backward(loss * world)  # DDP averages gradients over processes; undo it: we want the global sum
-        step_loss += loss.detach()
+    # One autocast context over the step's micro-batches (under bf16): each weight is cast to bf16 once a
+    # step, not once a micro-batch (autocast keeps its casts of leaf weights until the outermost context
+    # exits; onednn.linears keeps those of frozen weights). oneDNN for the linear layers' forward and
+    # gradients on CPU in fp32 (learnforget.cpu.onednn: faster than MKL here).
+    with acc.autocast(), onednn.linears(model, training=True):
+        step_loss = _accumulate(r, my_ids, my_labels, n_tokens, world)
     if n_tokens:
         grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip else None
         r.opt.step()
     r.sched.step()  # the schedule counts steps, skipped or not, so a resumed run lines up
     r.opt.zero_grad(set_to_none=True)
     return (float(acc.reduce(step_loss, reduction="sum")) if n_tokens else None), grad_norm, n_tokens
+
+
+def _accumulate(r: Run, ids: torch.Tensor, labels: torch.Tensor, n_tokens: int, world: int) -> torch.Tensor:
+    """Forward and backward of this process's rows, micro-batch by micro-batch: their summed loss."""
+    acc, model, t = r.acc, r.model, r.cfg.train
+    step_loss = torch.zeros((), device=acc.device)
+    # A global batch with no supervised token (IFT rows that are all prompt) has nothing to learn:
+    # it is skipped whole (every process sees the same count), not divided by zero into NaN weights.
+    for m in range(r.plan["accum"] if n_tokens else 0):
+        part = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
+        last = m == r.plan["accum"] - 1
+        with acc.no_sync(model) if not last else contextlib.nullcontext():
+            # summed token loss of these rows over the whole global batch's supervised-token count
+            loss = token_losses(model, ids[part].to(acc.device), labels[part].to(acc.device))[0] / n_tokens
+            acc.backward(loss * world)  # DDP averages gradients over processes; undo it: we want the global sum
+        step_loss += loss.detach()
+    return step_loss
 
 
 def _log_step(r: Run, loss: float | None, grad_norm, n_tokens: int) -> None:
@@ -301,7 +335,7 @@ def _record(r: Run, wall: float) -> dict:
         final = [row for row in record.read_metrics(r.metrics, r.step) if row.get("loss") is not None]
         summary = {"status": "done", "config": r.cfg.to_dict(), "versions": record.versions(), "seed": r.cfg.train.seed,
                    "parameters": r.counts, "plan": {k: v for k, v in r.plan.items() if k != "checkpoint_labels"},
-                   "precision": r.precision, "processes": r.acc.num_processes, "wall_seconds": wall,
+                   "precision": r.precision, "precision_reason": r.precision_reason, "processes": r.acc.num_processes, "wall_seconds": wall,
                    "train_seconds_this_session": r.seconds, "tokens_per_s_this_session": r.tokens_per_s(),
                    "peak_rss_mb": record.peak_rss_mb(), "final_loss": final[-1]["loss"] if final else None,
                    "checkpoints": [p.name for p in checkpoint.complete(r.out)]}

@@ -5,7 +5,7 @@
     nice -n 19 .venv/bin/python benchmarks/speed.py --only train --steps 2
 
 1. train     learnforget's training step vs transformers.Trainer (+ PEFT for LoRA), full fine-tuning and
-             LoRA r16 on all linear layers (alpha 32, dropout 0.05), AdamW (0.9, 0.95), grad clip 1,
+             LoRA r16 on all linear layers (alpha 32, dropout 0: PEFT's default), AdamW (0.9, 0.95), grad clip 1,
              cosine schedule, the same packed python-code rows (Corpus, seed 0), `--rows` rows of
              `--seq-len` tokens per optimizer step, `--steps` timed steps after one warm-up step.
              Ours is `learnforget.train.run(RunConfig)` itself (eval off: eval_tokens 0) with the product's
@@ -22,9 +22,11 @@
              mode), the same batches (8, longest first, left-padded), the same stop strings and max new
              tokens; new tokens = tokens of the returned completions (cut at the stop string).
 3. mfu       achieved FLOP/s of full fine-tuning, (6 N + 12 layers d_attn seq) x tokens/s (PaLM's
-             convention; N = weights of all linear layers incl. the head), over the machine's dense fp32
-             matmul peak, measured here at the start and the end: 2048^2, best of 3 blocks of 5, the faster
-             of MKL's sgemm and oneDNN's packed matmul (on AMD Zen 4 oneDNN is ~1.3x faster).
+             convention; N = weights of all linear layers incl. the head), over the machine's dense matmul
+             peak of the same precision, measured here at the start and the end: 2048^2, best of 3 blocks
+             of 5; fp32: the faster of MKL's sgemm and oneDNN's packed matmul; bf16: oneDNN's.
+   (train and mfu run at each of --precisions, default fp32 and bf16 mixed precision, side by side,
+    with the ratios bf16 / fp32 per method and side.)
 4. spectrum  `learnforget analyze`'s spectrum of a whole model: a real full fine-tuning checkpoint if
              runs/code-full/checkpoints has one, else a synthetic ΔW with the model's shapes.
 
@@ -54,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.05, "targets": "all"}
+LORA = {"rank": 16, "alpha": 32.0, "dropout": 0.0, "targets": "all"}  # dropout 0: PEFT's default and the demo's
 LR = {"full": 2e-5, "lora": 2e-4}
 
 
@@ -101,6 +103,7 @@ def worker_ours(spec: dict) -> dict:
                     train=TrainConfig(lr=LR[spec["method"]], tokens=budget, checkpoints=[budget], batch_tokens=R * L,
                                       eval_tokens=0, betas=(0.9, 0.95), warmup=0.1, grad_clip=1.0, optimizer="adamw", seed=0,
                                       log_every=1, gradient_checkpointing=spec.get("gradient_checkpointing", False),
+                                      precision=spec["precision"],
                                       **({"micro_batch": spec["micro_batch"]} if spec["micro_batch"] else {})),
                     out=str(out / "run"))
     # CPU time per step comes from metrics.jsonl's cpu_seconds: a thread polling the file instead cost ~12%
@@ -148,7 +151,7 @@ def worker_trainer(spec: dict) -> dict:
         output_dir=str(out), per_device_train_batch_size=spec["rows"], gradient_accumulation_steps=1,
         max_steps=spec["steps"] + 1, learning_rate=LR[spec["method"]], lr_scheduler_type="cosine", warmup_steps=0.1,
         adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
-        save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
+        save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0, bf16=spec["precision"] == "bf16",
         remove_unused_columns=False, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator, callbacks=[Stamp()])
     try:
@@ -184,13 +187,15 @@ def run_worker(spec: dict, log: Path) -> dict:
 # ---------------------------------------------------------------- sections
 
 def matmul_peak(n: int) -> dict:
-    """Dense fp32 GFLOP/s of an n x n matmul, best of 3 blocks of 5, with the two kernels PyTorch has on CPU:
-    MKL's sgemm (what `a @ b` and `F.linear` use) and oneDNN with a pre-packed weight (what evaluation
-    uses, learnforget.onednn). The machine's peak is the faster of the two."""
+    """Dense GFLOP/s of an n x n matmul, best of 3 blocks of 5, with the kernels PyTorch has on CPU:
+    fp32 by MKL's sgemm (what `a @ b` and `F.linear` use) and by oneDNN with a pre-packed weight (what
+    evaluation uses, learnforget.onednn), the fp32 peak being the faster; bf16 by `a @ b` (oneDNN's bf16
+    matmul, what autocast training uses), the bf16 peak."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
-    kernels = {"mkl_sgemm": lambda: a @ b}
+    ab, bb = a.bfloat16(), b.bfloat16()
+    kernels = {"mkl_sgemm": lambda: a @ b, "bf16": lambda: ab @ bb}
     if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)
         kernels["onednn_packed"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
@@ -204,7 +209,7 @@ def matmul_peak(n: int) -> dict:
                 f()
             best = min(best, (time.perf_counter() - t0) / 5)
         out[name] = round(2 * n ** 3 / best / 1e9, 1)
-    out["peak"] = max(out.values())
+    out["peak"] = max(v for k, v in out.items() if k != "bf16")  # fp32
     return out
 
 
@@ -222,39 +227,52 @@ def summarize_train(res: dict, spec: dict) -> dict:
     return out
 
 
+def _name(side: str, method: str, precision: str) -> str:
+    return f"{side}-{method}" + ("" if precision == "fp32" else f"-{precision}")
+
+
 def section_train(args, log: Path, methods: list[str]) -> dict:
     base = {"model": args.model, "data": "python-code", "seq_len": args.seq_len, "rows": args.rows, "steps": args.steps,
             "micro_batch": args.micro_batch}
     print("[speed] train: baseline (model + tokenizer + rows loaded) ...", flush=True)
     baseline = run_worker({**base, "side": "baseline"}, log)
-    out = {"setup": {**base, "lora": LORA, "lr": LR}, "baseline": baseline, "configs": {}}
-    for method in methods:
-        for side in ("trainer", "ours"):
-            name = f"{side}-{method}"
-            print(f"[speed] train: {name} ({args.steps} + 1 steps) ...", flush=True)
-            r = summarize_train(run_worker({**base, "side": side, "method": method}, log), base)
-            r["increase_over_baseline_mb"] = round(r["peak_rss_mb"] - baseline["rss_mb"])
-            out["configs"][name] = r
-            print(f"[speed]   {r['tokens_per_s']} tokens/s, {r['cpu_seconds_per_step']} CPU s/step, peak RSS {r['peak_rss_mb']} MB", flush=True)
-    if "lora" in methods:  # LoRA's memory-saving choice: --gradient-checkpointing (recomputes the forward in backward)
-        print(f"[speed] train: ours-lora-gc ({args.steps} + 1 steps) ...", flush=True)
-        r = summarize_train(run_worker({**base, "side": "ours", "method": "lora", "gradient_checkpointing": True}, log), base)
+    out = {"setup": {**base, "lora": LORA, "lr": LR, "precisions": args.precisions}, "baseline": baseline, "configs": {}}
+
+    def measure(name: str, spec: dict) -> None:
+        print(f"[speed] train: {name} ({args.steps} + 1 steps) ...", flush=True)
+        r = summarize_train(run_worker({**base, **spec}, log), base)
         r["increase_over_baseline_mb"] = round(r["peak_rss_mb"] - baseline["rss_mb"])
-        out["configs"]["ours-lora-gc"] = r
+        out["configs"][name] = r
         print(f"[speed]   {r['tokens_per_s']} tokens/s, {r['cpu_seconds_per_step']} CPU s/step, peak RSS {r['peak_rss_mb']} MB", flush=True)
+
+    for precision in args.precisions:
+        for method in methods:
+            for side in ("trainer", "ours"):
+                measure(_name(side, method, precision), {"side": side, "method": method, "precision": precision})
+    if "lora" in methods:  # LoRA's memory-saving choice: --gradient-checkpointing (recomputes the forward in backward)
+        measure("ours-lora-gc", {"side": "ours", "method": "lora", "precision": "fp32", "gradient_checkpointing": True})
     c, ratios = out["configs"], {}
-    for method in methods:
-        o, t = c[f"ours-{method}"], c[f"trainer-{method}"]
-        ratios[f"{method}_ours_over_trainer_tokens_per_s"] = round(o["tokens_per_s"] / t["tokens_per_s"], 3)
-        if o["tokens_per_cpu_s"] and t["tokens_per_cpu_s"]:
-            ratios[f"{method}_ours_over_trainer_tokens_per_cpu_s"] = round(o["tokens_per_cpu_s"] / t["tokens_per_cpu_s"], 3)
-        ratios[f"{method}_ours_over_trainer_peak_rss"] = round(o["peak_rss_mb"] / t["peak_rss_mb"], 3)
-    if len(methods) == 2:
-        for side in ("ours", "trainer"):
-            f, l = c[f"{side}-full"], c[f"{side}-lora"]
-            ratios[f"{side}_lora_over_full_tokens_per_s"] = round(l["tokens_per_s"] / f["tokens_per_s"], 3)
-            ratios[f"{side}_lora_over_full_peak_rss"] = round(l["peak_rss_mb"] / f["peak_rss_mb"], 3)
-            ratios[f"{side}_lora_over_full_increase"] = round(l["increase_over_baseline_mb"] / f["increase_over_baseline_mb"], 3)
+    for precision in args.precisions:
+        tag = "" if precision == "fp32" else f"{precision}_"
+        for method in methods:
+            o, t = c[_name("ours", method, precision)], c[_name("trainer", method, precision)]
+            ratios[f"{tag}{method}_ours_over_trainer_tokens_per_s"] = round(o["tokens_per_s"] / t["tokens_per_s"], 3)
+            if o["tokens_per_cpu_s"] and t["tokens_per_cpu_s"]:
+                ratios[f"{tag}{method}_ours_over_trainer_tokens_per_cpu_s"] = round(o["tokens_per_cpu_s"] / t["tokens_per_cpu_s"], 3)
+            ratios[f"{tag}{method}_ours_over_trainer_peak_rss"] = round(o["peak_rss_mb"] / t["peak_rss_mb"], 3)
+        if len(methods) == 2:
+            for side in ("ours", "trainer"):
+                f, l = c[_name(side, "full", precision)], c[_name(side, "lora", precision)]
+                ratios[f"{tag}{side}_lora_over_full_tokens_per_s"] = round(l["tokens_per_s"] / f["tokens_per_s"], 3)
+                ratios[f"{tag}{side}_lora_over_full_peak_rss"] = round(l["peak_rss_mb"] / f["peak_rss_mb"], 3)
+                ratios[f"{tag}{side}_lora_over_full_increase"] = round(l["increase_over_baseline_mb"] / f["increase_over_baseline_mb"], 3)
+    if "fp32" in args.precisions:
+        for precision in (p for p in args.precisions if p != "fp32"):
+            for side in ("ours", "trainer"):
+                for method in methods:
+                    lo, hi = c[_name(side, method, "fp32")], c[_name(side, method, precision)]
+                    ratios[f"{side}_{method}_{precision}_over_fp32_tokens_per_s"] = round(hi["tokens_per_s"] / lo["tokens_per_s"], 3)
+    if "lora" in methods and "fp32" in args.precisions:
         f, g = c["ours-full"], c["ours-lora-gc"]
         ratios["ours_lora_gc_over_full_tokens_per_s"] = round(g["tokens_per_s"] / f["tokens_per_s"], 3)
         ratios["ours_lora_gc_over_full_peak_rss"] = round(g["peak_rss_mb"] / f["peak_rss_mb"], 3)
@@ -327,20 +345,24 @@ def model_flops_per_token(model_spec: str, seq_len: int) -> dict:
     return {"linear_params": n, "attention_flops_per_token": attn, "train_flops_per_token": 6 * n + attn}
 
 
-def section_mfu(train: dict, peak: float, args) -> dict:
+def section_mfu(train: dict, peaks: dict, args) -> dict:
+    """Achieved FLOP/s of full fine-tuning at each precision over the matmul peak of that precision."""
     f = model_flops_per_token(args.model, args.seq_len)
-    out = {**f, "matmul_peak_gflops": peak}
-    for side in ("ours", "trainer"):
-        c = train["configs"].get(f"{side}-full")
-        if c:
-            achieved = f["train_flops_per_token"] * c["tokens_per_s"] / 1e9
-            out[f"{side}_full_gflops"] = round(achieved, 2)
-            out[f"{side}_full_mfu"] = round(achieved / peak, 4)
-            if c["tokens_per_cpu_s"]:  # per core-second, against the per-core peak (peak / threads)
-                import torch
+    out = {**f, "matmul_peak_gflops": peaks}
+    for precision in args.precisions:
+        peak = peaks[precision]
+        for side in ("ours", "trainer"):
+            c = train["configs"].get(_name(side, "full", precision))
+            if c:
+                key = f"{side}_full" + ("" if precision == "fp32" else f"_{precision}")
+                achieved = f["train_flops_per_token"] * c["tokens_per_s"] / 1e9
+                out[f"{key}_gflops"] = round(achieved, 2)
+                out[f"{key}_mfu"] = round(achieved / peak, 4)
+                if c["tokens_per_cpu_s"]:  # per core-second, against the per-core peak (peak / threads)
+                    import torch
 
-                per_core = f["train_flops_per_token"] * c["tokens_per_cpu_s"] / 1e9
-                out[f"{side}_full_mfu_per_cpu_second"] = round(per_core / (peak / torch.get_num_threads()), 4)
+                    per_core = f["train_flops_per_token"] * c["tokens_per_cpu_s"] / 1e9
+                    out[f"{key}_mfu_per_cpu_second"] = round(per_core / (peak / torch.get_num_threads()), 4)
     return out
 
 
@@ -410,10 +432,12 @@ def print_table(r: dict) -> None:
               f"(ratio {g['ratio_tokens_per_s']}); identical completions {g['identical_completions']}/{g['prompts']}")
     m = r.get("mfu")
     if m:
-        parts = [f"{side} {m[f'{side}_full_gflops']} GFLOP/s = MFU {100 * m[f'{side}_full_mfu']:.1f}%"
-                 for side in ("ours", "trainer") if f"{side}_full_mfu" in m]
-        print(f"\nMFU (full FT, {m['train_flops_per_token'] / 1e6:.0f} MFLOP/token): fp32 matmul peak {m['matmul_peak_gflops']} GFLOP/s ("
-              + ", ".join(f"{when} MKL {r[f'matmul_{when}_gflops']['mkl_sgemm']} / oneDNN {r[f'matmul_{when}_gflops'].get('onednn_packed')}" for when in ("start", "end"))
+        parts = [f"{k[:-4]} {m[k[:-4] + '_gflops']} GFLOP/s = MFU {100 * v:.1f}%" for k, v in m.items()
+                 if k.endswith("_mfu") and k.startswith(("ours", "trainer"))]
+        print(f"\nMFU (full FT, {m['train_flops_per_token'] / 1e6:.0f} MFLOP/token): matmul peaks " +
+              ", ".join(f"{p} {v} GFLOP/s" for p, v in m["matmul_peak_gflops"].items()) + " ("
+              + ", ".join(f"{when} MKL {r[f'matmul_{when}_gflops']['mkl_sgemm']} / oneDNN {r[f'matmul_{when}_gflops'].get('onednn_packed')}"
+                          f" / bf16 {r[f'matmul_{when}_gflops']['bf16']}" for when in ("start", "end"))
               + "); " + "; ".join(parts))
     sp = r.get("spectrum")
     if sp:
@@ -435,9 +459,11 @@ def main() -> int:
     p.add_argument("--gen-batch", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 256, GSM8K's")
     p.add_argument("--only", choices=["train", "generate", "mfu", "spectrum"])
+    p.add_argument("--precisions", default="fp32,bf16", help="training precisions measured side by side (default fp32,bf16)")
     p.add_argument("--quick", action="store_true", help="tiny model, tiny sizes: checks that the script works")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    args.precisions = args.precisions.split(",")
     if args.worker:
         spec = json.loads(args.worker)
         print("RESULT " + json.dumps(WORKERS[spec["side"]](spec)), flush=True)
@@ -475,7 +501,8 @@ def main() -> int:
     report.update({"matmul_end_gflops": peak1, "load_average_end": round(os.getloadavg()[0], 2)})
     report["idle"] = load0 < 0.5  # the load at the end includes this benchmark's own two threads
     if "mfu" in want:
-        report["mfu"] = section_mfu(report["train"], max(peak0["peak"], peak1["peak"]), args)
+        peaks = {"fp32": max(peak0["peak"], peak1["peak"]), "bf16": max(peak0["bf16"], peak1["bf16"])}
+        report["mfu"] = section_mfu(report["train"], peaks, args)
     out.write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"wrote {out} (worker logs: {log})")

@@ -250,3 +250,10 @@ def test_precision_auto_follows_the_hardware_and_is_recorded(code_corpus, tmp_pa
     bf16, why, got = trained("fast", {"avx512_bf16"}, 2.0)
     assert bf16 == "bf16" and "avx512_bf16" in why
     assert got != ref and got == pytest.approx(ref, rel=2e-2)
+    # resumed on a machine that would resolve auto otherwise, a run keeps its checkpoints' precision
+    from learnforget.train.loop import run_precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: set())
+    cfg = cli.train_config(cli.build_parser().parse_args(args(code_corpus, tmp_path / "fast", "--method", "full", "--tokens", "768")))
+    assert run_precision(cfg)[0] == "bf16"
+    assert checkpoint.manifest(checkpoint.complete(tmp_path / "none")[-1])["precision"] == "fp32"

@@ -131,6 +131,18 @@ def resolve_precision(precision: str) -> tuple[str, str]:
     return hw.resolve(precision)
 
 
+def run_precision(cfg: RunConfig) -> tuple[str, str]:
+    """resolve_precision, except that a run resumed under `auto` keeps the precision its checkpoints were
+    trained at (another machine, or a busier one, could resolve it otherwise): one run, one precision."""
+    out = Path(cfg.out)
+    if cfg.train.precision == "auto" and (out / "checkpoints").is_dir():
+        done = checkpoint.complete(out)
+        kept = checkpoint.manifest(done[-1]).get("precision") if done else None
+        if kept:
+            return kept, f"auto: {kept}, the precision this run's checkpoints were trained at"
+    return resolve_precision(cfg.train.precision)
+
+
 def accelerator(precision: str):
     """An Accelerator at this precision (fp32 | bf16). Accelerate keeps one state per process and refuses a
     second precision in it, so the precision part of that state is reset when the runs of one process
@@ -151,7 +163,7 @@ def _setup(cfg: RunConfig) -> Run:
     from transformers import get_cosine_schedule_with_warmup
 
     t = cfg.train
-    precision, why = resolve_precision(t.precision)
+    precision, why = run_precision(cfg)
     acc = accelerator(precision)
     set_seed(t.seed)
     model, tok = models.load(cfg.model, seed=t.seed)

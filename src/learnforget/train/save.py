@@ -26,6 +26,7 @@ def save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, token
     tmp = out / "checkpoints" / f".tmp-{checkpoint.name_for(tokens)}"  # every process writes its RNG state here
     try:
         _write(acc, model, tok, cfg, out, tokens, {"step": step, "tokens": tokens, unit: label, "method": cfg.method.label(),
+                                                 "precision": "bf16" if str(acc.mixed_precision) == "bf16" else "fp32",
                                                  "base_model": cfg.model})
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)

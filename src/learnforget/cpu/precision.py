@@ -9,6 +9,7 @@ the instruction exists; the timing, a few milliseconds at start-up, says it pays
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -55,16 +56,20 @@ def bf16_speedup() -> float:
 
 
 def resolve(precision: str) -> tuple[str, str]:
-    """(fp32 | bf16, why) for a run's `precision` setting."""
+    """(fp32 | bf16, why) for a run's `precision` setting. Every process of a multi-process CPU run
+    must agree, so there the CPU's flag decides alone (a timing could differ between processes)."""
     if precision != "auto":
         return precision, "asked for"
     if torch.cuda.is_available():
         if torch.cuda.is_bf16_supported():
             return "bf16", "auto: CUDA device with bf16"
         return "fp32", "auto: CUDA device without bf16"
-    if not native_bf16_cpu():
+    native = sorted(cpu_flags() & set(NATIVE_FLAGS))
+    if not native:
         return "fp32", "auto: CPU without native bf16 (no avx512_bf16/amx_bf16 flag)"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "bf16", f"auto: CPU with native bf16 ({'/'.join(native)}; multi-process: by the flag alone)"
     speedup = bf16_speedup()
     if speedup < 1.2:  # measured, not assumed: the flag alone does not make it pay
         return "fp32", f"auto: CPU has native bf16 but its matmul measured only {speedup:.2f}x fp32 here"
-    return "bf16", f"auto: CPU with native bf16 ({'/'.join(sorted(cpu_flags() & set(NATIVE_FLAGS)))}), matmul {speedup:.1f}x fp32 here"
+    return "bf16", f"auto: CPU with native bf16 ({'/'.join(native)}), matmul {speedup:.1f}x fp32 here"

@@ -60,19 +60,20 @@ def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
     from .. import checkpoint, models
     from ..analysis import spectrum
     from ..cpu import onednn
+    from ..cpu import precision as hw
     from ..data.corpora import Corpus
     from ..heldout import score
     from ..loss import token_losses
     from ..train import methods
     from ..train.heldout import heldout_sets
-    from ..train.loop import accelerator, resolve_precision
+    from ..train.loop import accelerator
     from ..train.save import save_checkpoint
     from .analyse import _intruder_rows, _spectrum_rows
 
     before, tmp = torch.get_num_threads(), Path(tempfile.mkdtemp(prefix="learnforget-probe-"))
     torch.set_num_threads(threads)
     try:
-        precision = resolve_precision(runs[0].config.train.precision)[0]
+        precision = hw.resolve(runs[0].config.train.precision)[0]
         acc = accelerator(precision)
         if study.model in models.EMBEDDED:  # its one-time conversion is set-up, not a run's cost
             models.resolve(study.model)

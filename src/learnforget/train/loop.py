@@ -29,6 +29,7 @@ import torch
 from .. import checkpoint, integrity, locks, models
 from ..config import RunConfig
 from ..cpu import allocator, onednn
+from ..cpu import precision as hw
 from ..data.corpora import IGNORE, Corpus
 from ..errors import UserError
 from ..loss import token_losses
@@ -119,28 +120,16 @@ def run(cfg: RunConfig) -> dict:
 # ---------------------------------------------------------------- setup
 
 
-def resolve_precision(precision: str) -> tuple[str, str]:
-    """(fp32 | bf16, why): `auto` is bf16 mixed precision where the hardware has it natively and it measures
-    faster here (learnforget.cpu.precision). Every process of a multi-process run must agree, so there the
-    CPU's flag decides alone (a timing could differ between processes)."""
-    from ..cpu import precision as hw
-
-    if precision == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        return ("bf16", "auto: CPU with native bf16 (multi-process: by its flag)") if hw.native_bf16_cpu() \
-            else ("fp32", "auto: CPU without native bf16")
-    return hw.resolve(precision)
-
-
 def run_precision(cfg: RunConfig) -> tuple[str, str]:
-    """resolve_precision, except that a run resumed under `auto` keeps the precision its checkpoints were
-    trained at (another machine, or a busier one, could resolve it otherwise): one run, one precision."""
+    """learnforget.cpu.precision.resolve, except that a run resumed under `auto` keeps the precision its
+    checkpoints were trained at (another machine, or a busier one, could resolve it otherwise)."""
     out = Path(cfg.out)
     if cfg.train.precision == "auto" and (out / "checkpoints").is_dir():
         done = checkpoint.complete(out)
         kept = checkpoint.manifest(done[-1]).get("precision") if done else None
         if kept:
             return kept, f"auto: {kept}, the precision this run's checkpoints were trained at"
-    return resolve_precision(cfg.train.precision)
+    return hw.resolve(cfg.train.precision)
 
 
 def accelerator(precision: str):

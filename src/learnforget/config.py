@@ -115,9 +115,15 @@ class TrainConfig:
                                         "drift at each checkpoint (null: <out>/reference, made when step 0 scores the base model; "
                                         "a study makes one per experiment). A location, not part of the run's identity", default=None)
     log_every: int = _help("steps between metric log lines", default=1)
+    processes: int = _help("training processes of this run (one per GPU; on CPU they share the cores). A study launches a run "
+                           "with more than 1 through `accelerate launch` (learnforget.launch); `learnforget train` with more "
+                           "than 1 must be started by such a launcher. The global batch is the same for any count", default=1)
+    distributed: Literal["ddp", "fsdp"] = _help("how processes share the work: ddp (each holds the whole model) | fsdp (weights, "
+                                                "gradients and optimizer state sharded over processes; consolidated checkpoints)", default="ddp")
 
     def __post_init__(self):
         check_fields(self)
+        _need(self.processes >= 1, f"processes: an integer >= 1, got {self.processes}")
         _need((self.tokens is None) != (self.epochs is None), "give exactly one budget: --tokens (CPT) or --epochs (IFT)")
         _need(self.lr > 0, f"lr: must be > 0, got {self.lr}")
         budget = self.tokens if self.tokens is not None else self.epochs

@@ -135,6 +135,9 @@ def run_id(cfg: RunConfig) -> str:
     d = cfg.to_dict()
     d.pop("out")
     d["train"].pop("kl_reference")  # where the base reference lives, like `out`: not what the run is
+    for key, default in (("processes", 1), ("distributed", "ddp")):  # added later: one-process runs keep their ids
+        if d["train"][key] == default:
+            d["train"].pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -154,6 +154,9 @@ def _setup(cfg: RunConfig) -> Run:
     t = cfg.train
     precision, why = run_precision(cfg)
     acc = accelerator(precision)
+    if t.processes > 1 and acc.num_processes != t.processes:
+        raise UserError(f"this run asks for {t.processes} processes but was started as {acc.num_processes}: run it in a study "
+                        f"(which launches it), or start it with `accelerate launch --num_processes {t.processes} -m learnforget.cli train ...`")
     set_seed(t.seed)
     model, tok = models.load(cfg.model, seed=t.seed)
     corpus = Corpus(cfg.data, tok)

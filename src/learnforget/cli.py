@@ -10,7 +10,7 @@ import dataclasses
 import sys
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
 from .errors import UserError
@@ -50,7 +50,7 @@ def _add_dataclass(parser: argparse.ArgumentParser, cls, required: tuple[str, ..
     for f in dataclasses.fields(cls):
         flag = "--" + RENAME.get(f.name, f.name).replace("_", "-")
         help_, tp = f.metadata.get("help", ""), types_[f.name]
-        if tp is bool:
+        if tp in (bool, Optional[bool]):  # --x / --no-x; an Optional one left out stays None (auto)
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
             continue
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING

@@ -48,6 +48,8 @@ class DataSpec:
     text_field: str = _help("JSONL/hub field with the document text (CPT)", default="text")
     prompt_field: str = _help("JSONL/hub field with the prompt (IFT)", default="prompt")
     response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
+    streaming: Optional[bool] = _help("read the corpus as a stream (data.stream: memory independent of its size, a token "
+                                      "budget) instead of whole into memory; null: stream local corpora over 1 GiB", default=None)
 
     def __post_init__(self):
         check_fields(self, "data.")
@@ -168,6 +170,7 @@ class Experiment:
     prompt_field: str = _help("JSONL/hub field with the prompt (IFT)", default="prompt")
     response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
     tokens_per_epoch: Optional[int] = _help("for an epoch budget: the dataset's size in tokens, used only by --dry-run", default=None)
+    streaming: Optional[bool] = _help("read the data as a stream (as data.streaming); null: stream local corpora over 1 GiB", default=None)
 
     def __post_init__(self):
         check_fields(self, "experiment.")

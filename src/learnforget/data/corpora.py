@@ -27,8 +27,31 @@ PLAIN_TEMPLATE = "Question:\n{prompt}\n\nAnswer:\n"  # used when the tokenizer h
 EVAL_ONLY = {"gsm8k-test", "general-text"}  # sets that are never trained on: all of it is held out
 
 
+STREAM_ABOVE = 2**30  # bytes: local corpora larger than this stream (data.stream) unless data.streaming says
+
+
+def open_corpus(spec: DataSpec, tokenizer):
+    """The corpus of a run: whole in memory (Corpus: faster for small corpora, epoch budgets), or streamed
+    (data.stream.StreamCorpus: any size) when data.streaming asks for it or a local corpus is over 1 GiB."""
+    from . import stream
+
+    on = spec.streaming
+    if on is None:
+        paths = sources.corpus_paths(spec.source) if spec.source not in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS else []
+        on = sum(p.stat().st_size for p in paths) > STREAM_ABOVE
+    if not on:
+        return Corpus(spec, tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise UserError("tokenizer has no EOS token: cannot separate packed documents")
+    if spec.source in EVAL_ONLY or spec.source in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS:
+        raise UserError(f"{spec.source}: an embedded set is small and read whole; streaming is for files, folders, globs and hub ids")
+    return stream.StreamCorpus(spec, tokenizer)
+
+
 class Corpus:
     """A corpus split into train and held-out items, able to stream packed rows."""
+
+    streaming = False
 
     def __init__(self, spec: DataSpec, tokenizer, own_fraction: bool = True):
         # own_fraction: the held-out fraction is the user's --heldout-fraction (not an extra eval set's fixed one)
@@ -50,10 +73,7 @@ class Corpus:
 
     # -- tokenization ------------------------------------------------------------------------
     def encode(self, item) -> tuple[list[int], list[int]]:
-        if self.spec.regime == "cpt":
-            ids = self.tok(item.text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-            return ids, ids
-        return encode_pair(self.tok, item.prompt, item.response)
+        return encode_item(self.spec, self.tok, item)
 
     def _rows(self, items) -> Iterator[tuple[list[int], list[int]]]:
         """Concatenate encoded items and cut into seq_len rows; the last partial row is dropped."""
@@ -86,6 +106,17 @@ class Corpus:
             if not produced:
                 raise UserError(f"{self.spec.source}: the whole training split is shorter than one sequence of {self.spec.seq_len} tokens")
             epoch += 1
+
+    def batches(self, seed: int, rows_per_step: int, world: int, rank: int, start_step: int = 0, state: dict | None = None):
+        """This process's rows of each global batch of `rows_per_step` rows, from step `start_step` on (`state`: the
+        streamed corpus's resume position; here row k is a function of k, so there is none)."""
+        stream = self.train_rows(seed, start=start_step * rows_per_step)
+        mine = slice(rank * rows_per_step // world, (rank + 1) * rows_per_step // world)
+        while True:
+            yield [next(stream) for _ in range(rows_per_step)][mine]
+
+    def describe(self) -> str:
+        return f"{len(self.train)} train / {len(self.heldout)} held-out documents"
 
     def check_train(self) -> None:
         """Raise now what train_rows would raise at the first step: no training document, or too little text."""
@@ -142,6 +173,14 @@ class Corpus:
         ids = torch.tensor([r[0] for r in rows])
         labels = torch.tensor([r[1] for r in rows])
         return ids, labels
+
+
+def encode_item(spec: DataSpec, tok, item) -> tuple[list[int], list[int]]:
+    """Tokens and labels of one document (CPT: every token, then EOS) or prompt/response record (IFT)."""
+    if spec.regime == "cpt":
+        ids = tok(item.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return ids, ids
+    return encode_pair(tok, item.prompt, item.response)
 
 
 def encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:

@@ -59,20 +59,43 @@ def package_dir(package: str) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Read a JSONL file (optionally .gz); a bad line is a one-line error naming file and line."""
+    return [row for _, _, row in iter_rows(path)]
+
+
+TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+
+
+def is_table(path: Path) -> bool:
+    """A file of rows (JSONL, Parquet), as opposed to a text file that is one document."""
+    return path.name.endswith(TABLE_SUFFIXES)
+
+
+def iter_rows(path: Path):
+    """(n, where, row) for each row of a JSONL (.gz) or Parquet file, read a little at a time; n counts rows
+    from 1 (blank JSONL lines are not rows), `where` is file:line for error messages."""
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, f"{path} row {n}", row
+        return
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
+    n = 0
     with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+        for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+                raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            n += 1
+            yield n, f"{path}:{line_no}", row
 
 
 def field(row: dict, name: str, where: str) -> str:
@@ -220,7 +243,7 @@ def regime_of(source: str) -> str | None:
 # ----------------------------------------------------------------------------- user sources
 
 
-def _paths(source: str) -> list[Path]:
+def corpus_paths(source: str) -> list[Path]:
     """A file, a folder (its text files, recursively) or a glob; [] if none of these (a hub id), and an
     error if the source looks like a path but matches nothing."""
     p = Path(source).expanduser()
@@ -228,7 +251,7 @@ def _paths(source: str) -> list[Path]:
         return [p]
     paths = []
     if p.is_dir():
-        paths = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in TEXT_SUFFIXES or f.name.endswith(".jsonl")))
+        paths = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix in TEXT_SUFFIXES or is_table(f)))
     elif any(c in source for c in "*?["):
         paths = sorted(Path(f) for f in globlib.glob(source, recursive=True) if Path(f).is_file())
     if not paths and _looks_like_path(source):
@@ -236,7 +259,7 @@ def _paths(source: str) -> list[Path]:
     return paths
 
 
-def _doc_key(source: str, path: Path) -> str:
+def doc_key(source: str, path: Path) -> str:
     """A file's id: its path relative to the corpus folder (or a glob's fixed leading folders); a single file's name."""
     src = Path(source).expanduser()
     if src.is_file():
@@ -251,7 +274,7 @@ def _doc_key(source: str, path: Path) -> str:
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or any(c in source for c in "*?[") or Path(source).suffix in TEXT_SUFFIXES | {".jsonl", ".gz"}
+    return source.startswith((".", "/", "~")) or any(c in source for c in "*?[") or Path(source).suffix in TEXT_SUFFIXES | {".jsonl", ".gz", ".parquet"}
 
 
 def load_docs(source: str, text_field: str = "text") -> list[Doc]:
@@ -261,13 +284,13 @@ def load_docs(source: str, text_field: str = "text") -> list[Doc]:
     elif source in EMBEDDED_RECORDS:
         docs = [Doc(r.id, f"{r.prompt}\n{r.response}") for r in EMBEDDED_RECORDS[source]()]
     else:
-        paths = _paths(source)
+        paths = corpus_paths(source)
         docs = []
         if paths:
             for p in paths:
-                key = _doc_key(source, p)  # ids relative to the corpus, so the split does not depend on where it lives
-                if p.name.endswith((".jsonl", ".jsonl.gz")):
-                    docs += [Doc(f"{key}:{n}", field(r, text_field, f"{p}:{n}")) for n, r in enumerate(read_jsonl(p), 1)]
+                key = doc_key(source, p)  # ids relative to the corpus, so the split does not depend on where it lives
+                if is_table(p):
+                    docs += [Doc(f"{key}:{n}", field(r, text_field, where)) for n, where, r in iter_rows(p)]
                 else:
                     docs.append(Doc(key, p.read_text(encoding="utf-8", errors="replace")))
         else:
@@ -283,9 +306,9 @@ def load_records(source: str, prompt_field: str = "prompt", response_field: str 
     if source in EMBEDDED_RECORDS:
         records = EMBEDDED_RECORDS[source]()
     else:
-        paths = _paths(source)
+        paths = corpus_paths(source)
         if paths:
-            rows = [(f"{_doc_key(source, p)}:{n}", f"{p}:{n}", r) for p in paths for n, r in enumerate(read_jsonl(p), 1)]
+            rows = [(f"{doc_key(source, p)}:{n}", where, r) for p in paths for n, where, r in iter_rows(p)]
         else:
             rows = [(f"{source}/{i}", f"{source} row {i}", r) for i, r in enumerate(_hub(source, None, "train"))]
         records = [Record(id_, field(r, prompt_field, where), field(r, response_field, where)) for id_, where, r in rows]

@@ -131,20 +131,26 @@ class PlannedRun:
     id: str
 
 
+LATER_FIELDS = (("train", "processes", 1), ("train", "distributed", "ddp"), ("data", "streaming", None))
+
+
 def run_id(cfg: RunConfig) -> str:
     d = cfg.to_dict()
     d.pop("out")
     d["train"].pop("kl_reference")  # where the base reference lives, like `out`: not what the run is
-    for key, default in (("processes", 1), ("distributed", "ddp")):  # added later: one-process runs keep their ids
-        if d["train"][key] == default:
-            d["train"].pop(key)
+    for part, key, default in LATER_FIELDS:  # added later: runs that do not use them keep their ids
+        if d[part][key] == default:
+            d[part].pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def heldout_key(cfg: RunConfig) -> str:
     """Hash of everything that decides a run's held-out rows: runs with the same key share the base model's
     held-out scores and KL reference."""
-    spec = {"model": cfg.model, "data": asdict(cfg.data), "eval_tokens": cfg.train.eval_tokens, "extra_eval": cfg.train.extra_eval}
+    data = asdict(cfg.data)
+    if data["streaming"] is None:  # added later: keys of studies that do not set it are unchanged
+        data.pop("streaming")
+    spec = {"model": cfg.model, "data": data, "eval_tokens": cfg.train.eval_tokens, "extra_eval": cfg.train.extra_eval}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -164,7 +170,8 @@ def expand(study: Study, root: Path) -> list[PlannedRun]:
                             "skip_base_eval": True}  # the base model's held-out losses: scored once per experiment
             train = TrainConfig(**train_fields)  # (YAML's betas list becomes the config's tuple)
             data = DataSpec(source=exp.data, regime=exp.regime, seq_len=study.seq_len, heldout_fraction=exp.heldout_fraction,
-                            text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field)
+                            text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field,
+                            streaming=exp.streaming)
             cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
             rid = run_id(cfg)
             cfg.out = str(root / "runs" / f"{exp.name}-{label(cfg)}-lr{train.lr:g}-s{seed}-{rid}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import heldout
 from ..config import RunConfig
 from ..data import sources
-from ..data.corpora import Corpus, heldout_set
+from ..data.corpora import Corpus, heldout_set, open_corpus
 from .record import log
 
 
@@ -21,7 +21,7 @@ def heldout_sets(cfg: RunConfig, tok, corpus: Corpus | None = None) -> dict:
     t = cfg.train
     if not t.eval_tokens:
         return {}
-    corpus = corpus or Corpus(cfg.data, tok)
+    corpus = corpus or open_corpus(cfg.data, tok)
     sets = {"target": corpus.heldout_rows(t.eval_tokens)}
     for name in t.extra_eval:
         sets[name] = heldout_set(name, tok, cfg.data.seq_len, t.eval_tokens, regime=sources.regime_of(name))

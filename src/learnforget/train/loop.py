@@ -30,7 +30,8 @@ from .. import checkpoint, integrity, locks, models
 from ..config import RunConfig
 from ..cpu import allocator, onednn
 from ..cpu import precision as hw
-from ..data.corpora import IGNORE, Corpus
+from ..data import stream as data_stream
+from ..data.corpora import IGNORE, Corpus, open_corpus
 from ..errors import UserError
 from ..loss import token_losses
 from . import methods, record
@@ -47,7 +48,7 @@ class Run:
     acc: Any  # accelerate.Accelerator
     model: torch.nn.Module
     tok: Any
-    corpus: Corpus
+    corpus: Corpus  # or data.stream.StreamCorpus: the same interface
     plan: dict
     heldout: dict
     opt: torch.optim.Optimizer
@@ -58,6 +59,8 @@ class Run:
     precision_reason: str = ""
     writer: Any = None
     step: int = 0
+    batches: Any = None  # this process's rows of each global batch (corpus.batches)
+    stream_state: dict = field(default_factory=dict)  # a streamed corpus's position at the checkpoint resumed from
     references: dict = field(default_factory=dict)  # per held-out set: the base model's top-k distribution (KL drift)
     # this session's training time (wall and CPU) and the tokens already trained when it started
     seconds: float = 0.0
@@ -159,7 +162,7 @@ def _setup(cfg: RunConfig) -> Run:
                         f"(which launches it), or start it with `accelerate launch --num_processes {t.processes} -m learnforget.cli train ...`")
     set_seed(t.seed)
     model, tok = models.load(cfg.model, seed=t.seed)
-    corpus = Corpus(cfg.data, tok)
+    corpus = open_corpus(cfg.data, tok)
     plan = plan_budget(cfg, corpus, acc.num_processes)
     heldout = heldout_sets(cfg, tok, corpus)
     corpus.check_train()  # what the first step would find wrong with the data, found now
@@ -174,7 +177,7 @@ def _setup(cfg: RunConfig) -> Run:
     if r.main:
         print(f"[learnforget] {cfg.method.label()} on {cfg.model}: trainable {counts['trainable']:,} of {counts['total']:,} "
               f"parameters ({100 * counts['trainable_fraction']:.2f}%); {plan['total_steps']} steps of "
-              f"{plan['rows_per_step']} x {cfg.data.seq_len} tokens; {len(corpus.train)} train / {len(corpus.heldout)} held-out documents; "
+              f"{plan['rows_per_step']} x {cfg.data.seq_len} tokens; {corpus.describe()}; "
               f"precision {precision} ({why})", flush=True)
     return r
 
@@ -215,6 +218,7 @@ def _resume(r: Run) -> None:
                 r.acc.load_state(str(done[-1] / "resume"))
             except Exception as e:
                 raise UserError(f"checkpoint {done[-1]}: cannot restore its resume state ({integrity.first_line(e)})") from None
+            r.stream_state = data_stream.load_state(done[-1] / "resume")
         elif r.step < r.plan["total_steps"]:
             raise UserError(f"{done[-1]}: no resume state to continue from (it is kept for the newest checkpoint only)")
         if r.main:
@@ -242,13 +246,13 @@ def _train(r: Run) -> None:
     from tqdm.auto import tqdm
 
     R = r.plan["rows_per_step"]
-    stream = r.corpus.train_rows(r.cfg.train.seed, start=r.step * R)
+    r.batches = r.corpus.batches(r.cfg.train.seed, R, r.acc.num_processes, r.acc.process_index, r.step, r.stream_state)
     bar = tqdm(total=r.plan["total_steps"], initial=r.step, disable=not r.main or bool(os.environ.get("TQDM_DISABLE")),
                desc=r.cfg.method.label(), unit="step")  # TQDM_DISABLE: set by parallel study workers
     r.model.train()
     while r.step < r.plan["total_steps"]:
         tic, cpu_tic = time.time(), time.process_time()
-        loss, grad_norm, n_tokens = _step(r, [next(stream) for _ in range(R)])
+        loss, grad_norm, n_tokens = _step(r, next(r.batches))
         r.step += 1
         r.seconds += time.time() - tic
         r.cpu_seconds += time.process_time() - cpu_tic
@@ -262,14 +266,15 @@ def _train(r: Run) -> None:
 
 
 def _step(r: Run, rows: list) -> tuple[float | None, Any, int]:
-    """One optimizer step on a global batch of rows: (its loss, the gradient norm, its supervised tokens)."""
+    """One optimizer step on a global batch, given this process's rows of it: (its loss, the gradient norm, its
+    supervised tokens)."""
     acc, model, t = r.acc, r.model, r.cfg.train
-    R, world, rank = len(rows), acc.num_processes, acc.process_index
-    ids = torch.tensor([row[0] for row in rows])
-    labels = torch.tensor([row[1] for row in rows])
-    n_tokens = int((labels[:, 1:] != IGNORE).sum())
-    mine = slice(rank * R // world, (rank + 1) * R // world)  # this process's rows of the global batch
-    my_ids, my_labels = ids[mine], labels[mine]
+    world = acc.num_processes
+    my_ids = torch.tensor([row[0] for row in rows])
+    my_labels = torch.tensor([row[1] for row in rows])
+    n_tokens = int((my_labels[:, 1:] != IGNORE).sum())
+    if world > 1:  # the whole global batch's count, the same on every process
+        n_tokens = int(acc.reduce(torch.tensor(n_tokens, device=acc.device), reduction="sum"))
     grad_norm = None
     # One autocast context over the step's micro-batches (under bf16): each weight is cast to bf16 once a
     # step, not once a micro-batch (autocast keeps its casts of leaf weights until the outermost context
@@ -319,7 +324,7 @@ def _log_step(r: Run, loss: float | None, grad_norm, n_tokens: int) -> None:
 
 def _checkpoint(r: Run) -> None:
     label, tokens = r.plan["checkpoint_labels"][r.step], r.tokens()
-    save_checkpoint(r.acc, r.model, r.tok, r.cfg, r.out, r.step, tokens, label, r.plan["unit"])
+    save_checkpoint(r.acc, r.model, r.tok, r.cfg, r.out, r.step, tokens, label, r.plan["unit"], r.batches)
     if r.main:  # the resume state of older checkpoints is never read again
         for older in checkpoint.complete(r.out)[:-1]:
             checkpoint.drop_resume(older)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import checkpoint, integrity
 from ..config import RunConfig
+from ..data import stream
 from ..errors import UserError
 
 
@@ -19,13 +20,14 @@ def save_pissa_init(model, path: Path) -> None:
     cfg.init_lora_weights = init
 
 
-def save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, tokens: int, label: float, unit: str) -> None:
-    """Every process saves its resume state (RNG included); the main process adds the weights and commits.
+def save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, tokens: int, label: float, unit: str, batches=None) -> None:
+    """Every process saves its resume state (RNG included, and a streamed corpus's position: `batches`); the main
+    process adds the weights and commits.
     A write that fails (a full disk: OSError, SafetensorError, RuntimeError from torch.save) removes the
     half-written folder and is a UserError: the previous checkpoint, untouched, is where a re-run resumes."""
     tmp = out / "checkpoints" / f".tmp-{checkpoint.name_for(tokens)}"  # every process writes its RNG state here
     try:
-        _write(acc, model, tok, cfg, out, tokens, {"step": step, "tokens": tokens, unit: label, "method": cfg.method.label(),
+        _write(acc, model, tok, cfg, out, tokens, batches, {"step": step, "tokens": tokens, unit: label, "method": cfg.method.label(),
                                                  "precision": "bf16" if str(acc.mixed_precision) == "bf16" else "fp32",
                                                  "base_model": cfg.model})
     except Exception as e:
@@ -39,12 +41,14 @@ def save_checkpoint(acc, model, tok, cfg: RunConfig, out: Path, step: int, token
     acc.wait_for_everyone()
 
 
-def _write(acc, model, tok, cfg: RunConfig, out: Path, tokens: int, info: dict) -> None:
+def _write(acc, model, tok, cfg: RunConfig, out: Path, tokens: int, batches, info: dict) -> None:
     if acc.is_main_process:
         checkpoint.staging(out, tokens)
     acc.wait_for_everyone()
     tmp = out / "checkpoints" / f".tmp-{checkpoint.name_for(tokens)}"
     acc.save_state(str(tmp / "resume"))
+    stream.save_state(batches, tmp / "resume", acc.process_index)
+    acc.wait_for_everyone()  # every process's part of resume/ is written before the main process commits the folder
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(model)
         if cfg.method.method == "lora":

@@ -74,6 +74,11 @@ class Run:
     def main(self) -> bool:
         return self.acc.is_main_process
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each process holds a shard of the weights, so every forward pass needs every process."""
+        return self.acc.distributed_type == "FSDP"
+
     def tokens(self) -> int:
         return self.step * self.plan["rows_per_step"] * self.cfg.data.seq_len
 
@@ -81,7 +86,10 @@ class Run:
         return (self.tokens() - self.start_tokens) / max(self.seconds, 1e-9)
 
     def score(self, tokens: int, label: float) -> None:
-        score(self.acc.unwrap_model(self.model), self, self.step, tokens, label)
+        """Held-out scoring, called by every process: the main one scores and records; under FSDP every process
+        runs the same forward passes (each gathers the others' shards) and the main one records."""
+        if self.main or self.sharded:
+            score(self.acc.unwrap_model(self.model), self, self.step, tokens, label)
 
 
 def run(cfg: RunConfig) -> dict:
@@ -263,11 +271,12 @@ def _resume(r: Run) -> None:
         if r.main:
             print(f"[learnforget] resuming from {done[-1].name} (step {r.step})", flush=True)
     r.start_tokens = r.tokens()
-    if not r.main:
-        return
+    # Every process reads the metrics (before the main one rewrites them), so all decide alike whether to score below.
     rows = record.read_metrics(r.metrics, r.step)
-    r.metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    r.writer = record.tensorboard(r.out)
+    r.acc.wait_for_everyone()
+    if r.main:
+        r.metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        r.writer = record.tensorboard(r.out)
     if not r.heldout:
         return
     if r.step == 0 and not r.cfg.train.skip_base_eval:
@@ -337,10 +346,11 @@ def _accumulate(r: Run, ids: torch.Tensor, labels: torch.Tensor, n_tokens: int, 
     for m in range(r.plan["accum"] if n_tokens else 0):
         part = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
         last = m == r.plan["accum"] - 1
+        # gradients sync at the last micro-batch only (DDP: no_sync; FSDP2: set_requires_gradient_sync(False))
         with acc.no_sync(model) if not last else contextlib.nullcontext():
             # summed token loss of these rows over the whole global batch's supervised-token count
             loss = token_losses(model, ids[part].to(acc.device), labels[part].to(acc.device))[0] / n_tokens
-            acc.backward(loss * world)  # DDP averages gradients over processes; undo it: we want the global sum
+            acc.backward(loss * world)  # DDP and FSDP average gradients over processes; undo it: we want the global sum
         step_loss += loss.detach()
     return step_loss
 
@@ -366,7 +376,7 @@ def _checkpoint(r: Run) -> None:
     if r.main:  # the resume state of older checkpoints is never read again
         for older in checkpoint.complete(r.out)[:-1]:
             checkpoint.drop_resume(older)
-    if r.heldout and r.main:
+    if r.heldout:
         r.score(tokens, label)
     r.model.train()
     r.acc.wait_for_everyone()

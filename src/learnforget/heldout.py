@@ -24,7 +24,7 @@ import torch
 from .cpu import onednn
 from .data.corpora import IGNORE
 from .errors import UserError
-from .loss import _plain_head
+from .loss import _fsdp, _plain_head
 
 CHUNK = 1024  # positions whose full logits exist at once
 TOP_K = 64
@@ -80,12 +80,18 @@ def _log_rest(top_logp: torch.Tensor) -> torch.Tensor:
     return torch.log((-torch.expm1(torch.logsumexp(top_logp.double(), 1))).clamp_min(1e-30)).float()
 
 
-@torch.inference_mode()
 def score(model, input_ids: torch.Tensor, labels: torch.Tensor, eos_id: int, batch_size: int = 8,
           reference: dict | None = None, top_k: int = 0) -> dict:
     """{"loss", "tokens", "entropy", "units": {"loss", "tokens", "entropy"(, "kl"): [per unit]}(, "kl")} for rows of a
     held-out set; with `reference` (a base model's, from the same rows) KL per unit too; with `top_k` the
     return also holds this model's own reference ("reference": {idx, logp, rest, hash}), for later runs."""
+    # FSDP2 gathers weights into buffers it keeps for training: gathered under inference_mode they become inference
+    # tensors, and the next training step fails ("Inplace update to inference tensor outside InferenceMode").
+    with torch.no_grad() if _fsdp(model) else torch.inference_mode():
+        return _score(model, input_ids, labels, eos_id, batch_size, reference, top_k)
+
+
+def _score(model, input_ids, labels, eos_id, batch_size, reference, top_k) -> dict:
     if reference is not None and reference["hash"] != rows_hash(input_ids, labels):
         raise UserError("KL reference was made on other held-out rows (model, data or held-out size changed): delete it to rebuild")
     unit, n_units = units_of(input_ids, labels, eos_id)

@@ -16,10 +16,14 @@ from pathlib import Path
 from .config import RunConfig
 from .errors import UserError
 
-# FSDP as the paper-scale configs use it (configs/accelerate/fsdp-8gpu.yaml): FSDP2, one unit per decoder
-# layer, a consolidated (full) state dict at checkpoints so they load in plain transformers / PEFT.
+# FSDP as the paper-scale configs use it (configs/accelerate/fsdp-8gpu.yaml, and fsdp-2cpu.yaml): FSDP2, one
+# unit per decoder layer, full state dicts in the resume state, and the weights loaded by the first process only
+# (the others get them from it: on CPU all processes share the machine's memory). The same flags run on GPUs and,
+# with the FSDP state train.loop sets up on CPU (Accelerate enables FSDP for GPUs only), on CPU processes over
+# gloo: tests/test_fsdp.py runs them. Checkpoints' weights are consolidated by train.save either way.
 FSDP_FLAGS = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-              "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true"]
+              "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_reshard_after_forward", "true",
+              "--fsdp_cpu_ram_efficient_loading", "true"]
 
 
 def command(cfg: RunConfig, config_file: str | Path, port: int | None = None) -> list[str]:

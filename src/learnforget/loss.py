@@ -44,7 +44,11 @@ def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor, chunk: in
 
 def _plain_head(model) -> torch.nn.Linear | None:
     """The output head if it is a bias-free nn.Linear applied as is (the chunked loss's assumption), else None."""
-    inner = getattr(model, "module", model)  # DDP / FSDP wrappers
+    inner = getattr(model, "module", model)  # DDP wrapper
+    if _fsdp(inner):
+        # FSDP2: outside a module's own forward its weight is a shard (DTensor) or a gathered copy FSDP frees at
+        # will; the chunked loss reads head.weight itself, so the head runs as a module (plain path), gathered by FSDP.
+        return None
     get = getattr(inner, "get_output_embeddings", None)
     head = get() if get else None
     if type(head) is not torch.nn.Linear or head.bias is not None:
@@ -53,6 +57,13 @@ def _plain_head(model) -> torch.nn.Linear | None:
     if any(getattr(config, k, None) not in (None, 1, 1.0) for k in _HEAD_EXTRAS):
         return None
     return head
+
+
+def _fsdp(model) -> bool:
+    """The model is sharded by FSDP2 (fully_shard makes the root an FSDPModule)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int = CHUNK,

@@ -40,6 +40,14 @@ def available(model: torch.nn.Module) -> bool:
             and enabled() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
+def _sharded(model: torch.nn.Module) -> bool:
+    """FSDP2 holds each weight as a shard (DTensor) between forwards: there is no whole weight to pack. (Training
+    reads module.weight inside the forward, where FSDP has gathered it into a plain tensor, so that path applies.)"""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def _lp(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias by oneDNN; weight [out, in] packed or plain (a transposed view works too)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
@@ -110,7 +118,7 @@ def linears(model: torch.nn.Module, training: bool = False) -> Iterator[None]:
     """Inside: every plain `nn.Linear` of `model` (LoRA's base layers included) computes through oneDNN,
     with a packed copy of its weight (evaluation) or with gradients (training=True). Restored on exit.
     A no-op where `available` is False; modules already patched by an outer context keep its mode."""
-    if not available(model):
+    if not available(model) or (not training and _sharded(model)):
         yield
         return
     patched, casts = [], {}

@@ -52,9 +52,12 @@ def score_sets(model, sets: dict, eos_id: int, batch: int, references: dict, kee
 
 
 def score(model, run, step: int, tokens: int, label: float) -> None:
-    """Score every held-out set as one metrics row (and TensorBoard scalars); step 0 keeps the KL references."""
+    """Score every held-out set as one metrics row (and TensorBoard scalars); step 0 keeps the KL references.
+    Under FSDP every process calls this (the forward passes need them all); only the main one writes."""
     ev = score_sets(model, run.heldout, run.tok.eos_token_id, run.cfg.train.eval_batch, run.references,
-                    reference_dir(run.cfg) if step == 0 else None)
+                    reference_dir(run.cfg) if step == 0 and run.main else None)
+    if not run.main:
+        return
     for name, res in ev.items():
         if run.writer:
             run.writer.add_scalar(f"heldout/{name}_loss", res["loss"], tokens)

@@ -77,6 +77,11 @@ class Run:
     def main(self) -> bool:
         return self.acc.is_main_process
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each process holds a shard of the weights, so every forward pass needs every process."""
+        return self.acc.distributed_type == "FSDP"
+
     def tokens(self) -> int:
         return self.step * self.plan["rows_per_step"] * self.cfg.data.seq_len
 
@@ -84,7 +89,10 @@ class Run:
         return (self.tokens() - self.start_tokens) / max(self.seconds, 1e-9)
 
     def score(self, tokens: int, label: float) -> None:
-        score(self.acc.unwrap_model(self.model), self, self.step, tokens, label)
+        """Held-out scoring, called by every process: the main one scores and records; under FSDP every process
+        runs the same forward passes (each gathers the others' shards) and the main one records."""
+        if self.main or self.sharded:
+            score(self.acc.unwrap_model(self.model), self, self.step, tokens, label)
 
 
 def run(cfg: RunConfig) -> dict:
@@ -145,8 +153,35 @@ def accelerator(precision: str):
     mixed = "bf16" if precision == "bf16" else "no"
     if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
         AcceleratorState._reset_state()
+    cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # set by accelerate launch --use_fsdp
+        return _cpu_fsdp_accelerator(mixed)
     # cpu=True when there is no accelerator: that is what lets torchrun/accelerate start gloo DDP on CPUs.
-    return Accelerator(mixed_precision=mixed, cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    return Accelerator(mixed_precision=mixed, cpu=cpu)
+
+
+def _cpu_fsdp_accelerator(mixed: str):
+    """An Accelerator running FSDP2 on CPU processes (gloo). Accelerate (1.15) turns FSDP on for GPU-like devices
+    only: on CPU, `accelerate launch --use_fsdp` gives Accelerator(cpu=True) a plain gloo DDP state (MULTI_CPU) and
+    drops the FSDP plugin without a word (and Accelerator(cpu=False) is not distributed at all: every process a
+    separate one-process run). PyTorch's FSDP2 (fully_shard) itself runs on CPU over gloo, so the state is set to
+    FSDP here, once the process group is up: from then on prepare (fully_shard), clip_grad_norm_, get_state_dict
+    and save_state / load_state take Accelerate's own FSDP2 code, the code a GPU run takes."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # its settings from the launcher's FSDP_* environment
+    acc = Accelerator(mixed_precision=mixed, cpu=True, fsdp_plugin=plugin)
+    if acc.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.FSDP):
+        raise UserError(f"started under FSDP on CPU, but Accelerate set up {acc.distributed_type} (one process? start "
+                        f"it with accelerate launch --num_processes N, N >= 2)")
+    if mixed != "no":
+        plugin.set_mixed_precision(mixed)  # what AcceleratorState does for FSDP on GPUs
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    return acc
 
 
 def _setup(cfg: RunConfig) -> Run:
@@ -160,6 +195,22 @@ def _setup(cfg: RunConfig) -> Run:
     if t.processes > 1 and acc.num_processes != t.processes:
         raise UserError(f"this run asks for {t.processes} processes but was started as {acc.num_processes}: run it in a study "
                         f"(which launches it), or start it with `accelerate launch --num_processes {t.processes} -m learnforget.cli train ...`")
+    # The run's record says how it was trained: FSDP asked for is FSDP running, and FSDP running was asked for.
+    from accelerate.utils import DistributedType
+
+    fsdp = acc.distributed_type == DistributedType.FSDP
+    if t.distributed == "fsdp" and not fsdp:
+        raise UserError(f"this run asks for FSDP (train.distributed: fsdp) but was started without it ({acc.distributed_type}): "
+                        f"start it with `accelerate launch --config_file configs/accelerate/fsdp-2cpu.yaml -m learnforget.cli train ...` "
+                        f"(fsdp-8gpu.yaml on GPUs), or run it in a study")
+    if fsdp and t.distributed != "fsdp":
+        raise UserError("this process was started under FSDP (accelerate launch --use_fsdp / distributed_type: FSDP) but the run "
+                        f"asks for {t.distributed}: add --distributed fsdp, or launch it without FSDP")
+    if fsdp and cfg.method.method == "lora" and cfg.method.init == "pissa":
+        # PEFT converts a PiSSA adapter back to plain LoRA at save by loading the initial adapter into the live
+        # model and subtracting: with sharded weights that runs on one process only, against shards.
+        raise UserError("init pissa is not supported under FSDP (its conversion at save needs the whole model in one process): "
+                        "use --init default, or --distributed ddp")
     set_seed(t.seed)
     model, tok = models.load(cfg.model, seed=t.seed)
     corpus = open_corpus(cfg.data, tok)
@@ -224,11 +275,12 @@ def _resume(r: Run) -> None:
         if r.main:
             print(f"[learnforget] resuming from {done[-1].name} (step {r.step})", flush=True)
     r.start_tokens = r.tokens()
-    if not r.main:
-        return
+    # Every process reads the metrics (before the main one rewrites them), so all decide alike whether to score below.
     rows = record.read_metrics(r.metrics, r.step)
-    r.metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    r.writer = record.tensorboard(r.out)
+    r.acc.wait_for_everyone()
+    if r.main:
+        r.metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        r.writer = record.tensorboard(r.out)
     if not r.heldout:
         return
     if r.step == 0 and not r.cfg.train.skip_base_eval:
@@ -299,10 +351,11 @@ def _accumulate(r: Run, ids: torch.Tensor, labels: torch.Tensor, n_tokens: int, 
     for m in range(r.plan["accum"] if n_tokens else 0):
         part = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
         last = m == r.plan["accum"] - 1
+        # gradients sync at the last micro-batch only (DDP: no_sync; FSDP2: set_requires_gradient_sync(False))
         with acc.no_sync(model) if not last else contextlib.nullcontext():
             # summed token loss of these rows over the whole global batch's supervised-token count
             loss = token_losses(model, ids[part].to(acc.device), labels[part].to(acc.device))[0] / n_tokens
-            acc.backward(loss * world)  # DDP averages gradients over processes; undo it: we want the global sum
+            acc.backward(loss * world)  # DDP and FSDP average gradients over processes; undo it: we want the global sum
         step_loss += loss.detach()
     return step_loss
 
@@ -328,7 +381,7 @@ def _checkpoint(r: Run) -> None:
     if r.main:  # the resume state of older checkpoints is never read again
         for older in checkpoint.complete(r.out)[:-1]:
             checkpoint.drop_resume(older)
-    if r.heldout and r.main:
+    if r.heldout:
         r.score(tokens, label)
     r.model.train()
     r.acc.wait_for_everyone()

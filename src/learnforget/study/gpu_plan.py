@@ -89,14 +89,14 @@ def memory(s: Shape, cfg: RunConfig) -> dict[str, float]:
     out = {"weights": 4 * (s.total + n_lora) / shard, "gradients": 4 * trainable / shard,
            "optimizer": OPTIMIZER_BYTES[t.optimizer] * trainable / shard}
     layer_trainable = s.layer_params if full else n_lora / s.layers
-    if fsdp:
+    if fsdp:  # the root stays unsharded all step; one layer computes while the next is gathered
         in_flight = s.root_params + 2 * s.layer_params
         out["bf16 copies"] = 2 * in_flight + 2 * ((s.root_params if full else 0) + 2 * layer_trainable)
-    else:
+    else:  # autocast caches the casts of weights that train; frozen ones are cast per matmul (frozen_casts)
         out["bf16 copies"] = 2 * s.layers * s.layer_params if full else 0.0
     out["DDP buckets"] = 4 * trainable if t.processes > 1 and not fsdp else 0.0
     layer, saved_input = activation_bytes(s, m, fp32_residual=not fsdp)
-    frozen_casts = 0 if (full or fsdp) else 2 * s.layer_params  # per layer, not per token
+    frozen_casts = 0 if (full or fsdp) else 2 * s.layer_params  # per layer, not per token; FSDP's weights are bf16 already
     out["activations, no checkpointing"] = s.layers * (layer * tokens + frozen_casts)
     out["activations, checkpointing"] = s.layers * saved_input * tokens + layer * tokens + frozen_casts
     res = 2 if fsdp else 4  # bytes of a residual-stream element

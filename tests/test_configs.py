@@ -104,6 +104,12 @@ def test_paper_configs_follow_the_paper(path):
         assert exp.epochs == 16 and exp.checkpoints == [1, 2, 4, 8, 16]
         assert any(r.family == "full-regularized" for r in runs)  # the weight decay / dropout baselines
     assert s.executor.num_gpus == 1
+    # full fine-tuning (12 B/parameter of fp32 state) on 8 GPUs under FSDP; LoRA on one GPU each
+    full = [r.config.train for r in runs if r.config.method.method == "full"]
+    assert full and {(t.processes, t.distributed) for t in full} == {(8, "fsdp")}
+    assert {(r.config.train.processes, r.config.train.distributed) for r in runs if r.family == "lora"} == {(1, "ddp")}
+    rows = max(1, s.train["batch_tokens"] // s.seq_len)
+    assert all(rows % (t.micro_batch * t.processes) == 0 for t in (r.config.train for r in runs))  # train.budget's rule
 
 
 def test_architecture_falls_back_to_the_table_when_the_hub_is_unreachable(monkeypatch, capsys):

@@ -5,6 +5,7 @@ evaluated, analysed, gathered into results.json, and reported.
 
     plan.py        the YAML read and checked, the grid expanded to runs (ids: hash of the resolved RunConfig)
     cost.py        FLOPs, time and memory estimates (--dry-run); probe.py: its clock, timed on this machine
+    gpu_plan.py    a GPU study's plan (--dry-run): memory per GPU, speed on the GPUs of gpus.py, launch commands
     power.py       the smallest difference each signal can detect (--dry-run)
     training.py    train the pending runs here; executors.py: or as Ray tasks
     evaluation.py  the base model's held-out scores and KL references (before training), benchmark tasks per checkpoint
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from .. import locks
-from . import analyse, cost, evaluation, gather, plan, power, probe, regret_plan, training
+from . import analyse, cost, evaluation, gather, gpu_plan, plan, power, probe, regret_plan, training
 
 
 def main(args) -> int:
@@ -39,7 +40,12 @@ def main(args) -> int:
             print(f"[dry-run] timing {probe.STEPS} steps of each kind of run on this machine ...", flush=True)
             clock = probe.measure(study, runs, probe.threads_per_run(study))
         plan_rows = cost.dry_run(study, runs, clock)
+        gpu = study.executor.num_gpus > 0  # a GPU study: the table is for this machine, the GPU plan follows
+        if gpu:
+            print("On this machine (fp32, one process a run):")
         cost.print_plan(plan_rows, cost.study_seconds(study, runs, plan_rows, clock) if clock else None, clock)
+        if gpu:
+            gpu_plan.print_plan(study, gpu_plan.plan(study, runs, plan_rows))
         print("\nLoRA Without Regret checks this grid can make (report claims h-k):")
         for line in regret_plan.checks(runs, {r.id: row["trainable"] for r, row in zip(runs, plan_rows)}):
             print("  " + line)

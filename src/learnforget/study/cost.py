@@ -3,10 +3,55 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Study
+from ..config import MethodConfig, Study
 from .plan import PlannedRun
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a Llama-style decoder that the estimates need (no weights). Norm weights (0.004% of
+    Llama-2-7B) are not counted."""
+
+    layers: int
+    d: int  # hidden size
+    ff: int  # MLP width
+    vocab: int
+    heads: int
+    kv: int  # key/value width: d * kv_heads / heads (grouped-query attention: < d)
+    tied: bool  # one matrix for embeddings and the output head
+
+    def modules(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of one decoder layer."""
+        d, kv, ff = self.d, self.kv, self.ff
+        return {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
+
+    @property
+    def layer_params(self) -> int:
+        return sum(a * b for a, b in self.modules().values())
+
+    @property
+    def root_params(self) -> int:
+        """Embeddings and output head: what is not in a decoder layer."""
+        return self.vocab * self.d * (1 if self.tied else 2)
+
+    @property
+    def total(self) -> int:
+        return self.layers * self.layer_params + self.root_params
+
+    def lora_params(self, m: MethodConfig) -> int:
+        return 0 if m.method == "full" else self.layers * sum(m.rank * (a + b) for name, (a, b) in self.modules().items() if name in m.target_modules())
+
+
+def shape(model: str) -> Shape:
+    from .. import models
+
+    c = models.architecture(model)  # no weights; offline, a built-in table for the configs' models
+    heads = c.num_attention_heads
+    return Shape(layers=c.num_hidden_layers, d=c.hidden_size, ff=c.intermediate_size, vocab=c.vocab_size, heads=heads,
+                 kv=c.hidden_size * getattr(c, "num_key_value_heads", heads) // heads, tied=bool(getattr(c, "tie_word_embeddings", True)))
 
 
 def flops_per_token(params_total: int, params_trainable: int, full: bool, n_layers: int, d_model: int, seq_len: int) -> float:
@@ -33,18 +78,13 @@ def dry_run(study: Study, runs: list[PlannedRun], clock=None) -> list[dict]:
     """Per run: tokens, FLOPs, time and peak memory estimated for this hardware, without loading data. The time is
     from `clock` (probe.measure: real steps on this machine) when given, else from FLOPs at 80% of a matmul rate
     measured now (a rough figure, used for the ETA of a running study, which rescales it by what it sees)."""
-    from .. import models
-
-    model_cfg = models.architecture(study.model)  # no weights; offline, a built-in table for the configs' models
-    L, d, ff, V = model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size
-    kv = d * getattr(model_cfg, "num_key_value_heads", model_cfg.num_attention_heads) // model_cfg.num_attention_heads
-    shapes = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d), "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
-    n_total = L * sum(a * b for a, b in shapes.values()) + V * d * (1 if getattr(model_cfg, "tie_word_embeddings", True) else 2)
+    s = shape(study.model)
+    L, d, V, n_total = s.layers, s.d, s.vocab, s.total
     rate = None if clock else measure_matmul_flops()
     rows = []
     for r in runs:
         m, t = r.config.method, r.config.train
-        n_lora = 0 if m.method == "full" else L * sum(m.rank * (a + b) for name, (a, b) in shapes.items() if name in m.target_modules())
+        n_lora = s.lora_params(m)
         tokens = t.tokens if t.tokens is not None else None
         if tokens is None and r.experiment.tokens_per_epoch:  # an epoch budget: tokens only from the YAML's estimate
             tokens = int(t.epochs * r.experiment.tokens_per_epoch)

@@ -16,6 +16,7 @@ import codecs
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,7 +97,15 @@ def run(cfg: RunConfig, threads: int | None = None) -> None:
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     tail = _stream(proc)
     if proc.wait() != 0:
+        _drop_unopened(Path(cfg.out))
         raise UserError(f"its {cfg.train.processes}-process launch failed: {error_line(tail, proc.returncode)}")
+
+
+def _drop_unopened(out: Path) -> None:
+    """A launch that failed before the run took its folder (bad input, found in set-up) left only RUN.json there:
+    the folder goes, as a run trained in-process that fails in set-up writes nothing."""
+    if out.is_dir() and {p.name for p in out.iterdir()} <= {"launch.json"}:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _stream(proc: subprocess.Popen) -> str:

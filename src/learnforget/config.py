@@ -253,9 +253,12 @@ class AnalysisSpec:
 class ExecutorSpec:
     """The `executor:` mapping of a study YAML: what each run asks Ray for (ignored by --executor local)."""
 
-    num_cpus: float = _help("CPU cores per run; on CPU-only machines also torch's thread count in the worker", default=1.0)
-    num_gpus: float = _help("GPUs per run (one training process per run; several GPUs per run: use accelerate launch)", default=0.0)
-    memory_gb: Optional[float] = _help("RAM per run, so Ray does not start more runs than fit (see the dry run's est. GB)", default=None)
+    num_cpus: float = _help("CPU cores per training process: a run asks Ray for num_cpus x train.processes, on one node; "
+                            "on CPU-only machines also torch's thread count in each process", default=1.0)
+    num_gpus: float = _help("GPUs per training process: a run asks Ray for num_gpus x train.processes, on one node "
+                            "(train.processes: 4 with num_gpus: 1 is a 4-GPU DDP/FSDP run)", default=0.0)
+    memory_gb: Optional[float] = _help("RAM per training process (a run asks for memory_gb x train.processes), so Ray does not "
+                                       "start more runs than fit (see the dry run's est. GB)", default=None)
     workers: int = _help("--executor local: runs trained at once, each in its own process with (cores / workers) torch threads. "
                          "Small CPU matmuls scale poorly over threads: on 2 cores two 1-thread runs train faster than one "
                          "2-thread run (benchmarks/speed.py measures it)", default=1)

@@ -3,6 +3,9 @@
   local  (default) one run after another in this process: training.train_all.
   ray    every run not yet done becomes a Ray task that calls train.run(config) on a worker; Ray
          schedules them over the CPUs/GPUs of a local instance or of a cluster (--ray-address).
+         A run with train.processes = P > 1 is a task that asks for P times the executor's per-process
+         resources and launches the run's P processes on its node (learnforget.launch.run): DDP/FSDP
+         stays on one machine, where Ray put the task.
 
 Ray is the engine: no scheduler of our own. A run is already resumable and idempotent (its folder
 is named by the hash of its config, train.run resumes from the last checkpoint or returns at once
@@ -41,6 +44,34 @@ def _train_one(config: dict) -> str:
     cfg = RunConfig.from_dict(config)
     train.run(cfg)
     return cfg.out
+
+
+def _launch_one(config: dict, threads: int) -> str:
+    """The Ray task of a multi-process run: the launcher started on this node, `threads` torch threads a process
+    (on CPU). Ray has set this task's CUDA_VISIBLE_DEVICES to the GPUs it reserved, which the launcher inherits."""
+    from .. import launch, quiet
+
+    quiet.libraries()
+    cfg = RunConfig.from_dict(config)
+    launch.run(cfg, threads=threads)
+    return cfg.out
+
+
+def resources(spec: ExecutorSpec, processes: int) -> dict:
+    """What a run of `processes` processes asks Ray for: the executor's per-process CPUs, GPUs and memory, times
+    `processes` (all on one node: a task is never split)."""
+    options = {"num_cpus": spec.num_cpus * processes, "num_gpus": spec.num_gpus * processes}
+    if spec.memory_gb:
+        options["memory"] = int(spec.memory_gb * processes * 1024**3)
+    return options
+
+
+def _submit(ray, r: PlannedRun, spec: ExecutorSpec):
+    """One pending run as a Ray task: train.run in the worker, or (processes > 1) a launch from it."""
+    p = r.config.train.processes
+    if p == 1:
+        return ray.remote(_train_one).options(**resources(spec, 1)).remote(r.config.to_dict())
+    return ray.remote(_launch_one).options(**resources(spec, p)).remote(r.config.to_dict(), max(1, int(spec.num_cpus)))
 
 
 def _describe(error: Exception) -> tuple[str, str | None]:
@@ -89,14 +120,11 @@ def train_ray(runs: list[PlannedRun], spec: ExecutorSpec, address: str | None = 
         res = ray.cluster_resources()
         print(f"[study] ray: {len(pending)} runs to train ({cached} cached) on a cluster with "
               f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; each run asks for {spec.num_cpus:g} CPUs, "
-              f"{spec.num_gpus:g} GPUs" + (f", {spec.memory_gb:g} GB" if spec.memory_gb else ""), flush=True)
-        options = {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus}
-        if spec.memory_gb:
-            options["memory"] = int(spec.memory_gb * 1024**3)
+              f"{spec.num_gpus:g} GPUs" + (f", {spec.memory_gb:g} GB" if spec.memory_gb else "")
+              + (" per process" if any(r.config.train.processes > 1 for r in pending) else ""), flush=True)
         # Ray's default retries (3) apply to lost workers and nodes only, not to exceptions raised by
         # train.run: a retried run resumes from its last checkpoint, a failing one fails once.
-        task = ray.remote(_train_one).options(**options)
-        refs = {task.remote(r.config.to_dict()): r for r in pending}
+        refs = {_submit(ray, r, spec): r for r in pending}
         failed: list[tuple[str, str]] = []
         t0, finished = time.time(), 0
         while refs:

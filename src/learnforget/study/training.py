@@ -1,5 +1,10 @@
 """The study's training stage, local executor: the runs not done, one after another in this process, or
-(`executor.workers: N`) N at a time, each in its own process with an equal share of the cores."""
+(`executor.workers: N`) N at a time, each in its own process with an equal share of the cores.
+
+A run that asks for several processes (train.processes > 1) is launched (learnforget.launch.run: accelerate
+launch on this machine) instead of trained in this process; it writes the same run folder, so caching and
+resume are the same. Under `workers: N` such runs train after the parallel ones, one at a time: each needs
+the cores its processes share, which the parallel runs hold until they finish."""
 
 from __future__ import annotations
 
@@ -21,8 +26,6 @@ def train_all(study: Study, runs: list[PlannedRun]) -> None:
     pending = [r for r in runs if status(r.config.out) != "done"]
     if study.executor.workers > 1 and len(pending) > 1:
         return _train_parallel(runs, pending, study.executor.workers)
-    from .. import train
-
     est = {r.id: row["est_seconds"] or 0.0 for r, row in zip(pending, dry_run(study, pending))} if pending else {}
     t0, spent, spent_est = time.time(), 0.0, 0.0
     for i, r in enumerate(runs, 1):
@@ -34,8 +37,24 @@ def train_all(study: Study, runs: list[PlannedRun]) -> None:
               f" (study elapsed {(time.time() - t0) / 60:.1f} min" + (f", training left ~{eta / 60:.0f} min)" if not done else ")"), flush=True)
         if not done:
             tic = time.time()
-            train.run(r.config)
+            _train_here(r.config)
             spent, spent_est = spent + time.time() - tic, spent_est + est[r.id]
+
+
+def _train_here(cfg: RunConfig) -> None:
+    """One run from this process: trained in it, or launched in cfg.train.processes processes (a failed launch
+    named, as the error of a run trained here is not: its message is the launcher's)."""
+    if cfg.train.processes == 1:
+        from .. import train
+
+        train.run(cfg)
+        return
+    from .. import launch
+
+    try:
+        launch.run(cfg)
+    except UserError as e:
+        raise UserError(f"run {Path(cfg.out).name}: {e}") from None
 
 
 def _worker_init(threads: int) -> None:
@@ -60,31 +79,46 @@ def worker_threads(workers: int) -> int:
 
 
 def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: int) -> None:
-    """Pending runs `workers` at a time in spawned processes; a failed run is named at the end, the others finish."""
-    from .. import models
+    """Pending runs `workers` at a time in spawned processes, then the multi-process ones one at a time (each
+    launched with all the cores); a failed run is named at the end, the others finish."""
+    from .. import launch, models
 
     for model in sorted({r.config.model for r in pending}):  # convert an embedded model once, not in every worker
         if model in models.EMBEDDED:
             models.resolve(model)
+    multi = [r for r in pending if r.config.train.processes > 1]
+    single = [r for r in pending if r.config.train.processes == 1]
     threads = worker_threads(workers)
     print(f"[study] {len(pending)} runs to train ({len(runs) - len(pending)} cached), {workers} at a time with "
-          f"{threads} thread(s) each", flush=True)
-    t0, failed = time.time(), []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
-        futs: dict[Future, PlannedRun] = {pool.submit(_train_one, r.config.to_dict()): r for r in pending}
-        left = set(futs)
-        while left:
-            done, left = wait(left, return_when=FIRST_COMPLETED)
-            for f in done:
-                name = Path(futs[f].config.out).name
-                progress = f"[study] {len(pending) - len(left)}/{len(pending)} trained (study elapsed {(time.time() - t0) / 60:.1f} min)"
-                if f.exception() is None:
-                    print(f"{progress}: {name}", flush=True)
-                    continue
-                e = f.exception()
-                line = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-                failed.append((name, line.splitlines()[0] if line else ""))
-                print(f"{progress}: {name} FAILED: {line}", file=sys.stderr, flush=True)
+          f"{threads} thread(s) each" + (f"; then {len(multi)} multi-process run(s), one at a time" if multi else ""), flush=True)
+    t0, failed, finished = time.time(), [], 0
+
+    def report(r: PlannedRun, error: BaseException | None) -> None:
+        nonlocal finished
+        finished += 1
+        name = Path(r.config.out).name
+        progress = f"[study] {finished}/{len(pending)} trained (study elapsed {(time.time() - t0) / 60:.1f} min)"
+        if error is None:
+            print(f"{progress}: {name}", flush=True)
+            return
+        line = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        failed.append((name, line.splitlines()[0] if line else ""))
+        print(f"{progress}: {name} FAILED: {line}", file=sys.stderr, flush=True)
+
+    if single:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
+            futs: dict[Future, PlannedRun] = {pool.submit(_train_one, r.config.to_dict()): r for r in single}
+            left = set(futs)
+            while left:
+                done, left = wait(left, return_when=FIRST_COMPLETED)
+                for f in done:
+                    report(futs[f], f.exception())
+    for r in multi:
+        try:
+            launch.run(r.config)
+            report(r, None)
+        except UserError as e:  # the launch's own failure, in one line; anything else is a bug here: raised
+            report(r, e)
     if failed:  # as with --executor ray: the others finished and are cached
         lines = "\n".join(f"  {name}: {line}" for name, line in failed)
         raise UserError(f"{len(failed)} of {len(pending)} training runs failed (the others are done and cached; "

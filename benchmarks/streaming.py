@@ -30,6 +30,7 @@ def train(corpus: Path, out: Path, kill_after: str | None = None) -> subprocess.
     cmd = [sys.executable, "-m", "learnforget.cli", "train", "--model", "tiny-random-llama", "--data", str(corpus), "--streaming",
            "--seq-len", "64", "--batch-tokens", "512", "--micro-batch", "2", "--eval-tokens", "512", "--method", "full",
            "--lr", "1e-3", "--tokens", "16384", "--checkpoints", "4096,8192,16384", "--out", str(out)]
+    out.parent.mkdir(parents=True, exist_ok=True)
     log = open(out.parent / f"{out.name}.log", "a")
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if kill_after:
@@ -59,13 +60,13 @@ def main() -> None:
         size = sum(p.stat().st_size for p in big.iterdir())
         print(f"wrote {size / 1e9:.2f} GB in {time.time() - t0:.0f} s", flush=True)
         for name, corpus in (("small", small), ("big", big)):
-            assert train(corpus, root / name).returncode == 0, name
-        peak = {n: json.loads((root / n / "run.json").read_text())["peak_rss_mb"] for n in ("small", "big")}
-        killed = root / "killed"
+            assert train(corpus, root / "runs" / name).returncode == 0, name
+        peak = {n: json.loads((root / "runs" / n / "run.json").read_text())["peak_rss_mb"] for n in ("small", "big")}
+        killed = root / "runs" / "killed"
         for kill in ("tokens-000000004096", None):
             rc = train(big, killed, kill_after=kill).returncode
-            assert rc == (-signal.SIGKILL if kill else 0), (rc, (root / "killed.log").read_text()[-3000:])
-        same = losses(killed) == losses(root / "big")
+            assert rc == (-signal.SIGKILL if kill else 0), (rc, (root / "runs" / "killed.log").read_text()[-3000:])
+        same = losses(killed) == losses(root / "runs" / "big")
         print(json.dumps({"corpus_gb": size / 1e9, "peak_rss_mb": peak, "big_minus_small_mb": peak["big"] - peak["small"],
                           "killed_and_resumed_losses_equal": same, "steps": len(losses(killed))}, indent=2))
     finally:

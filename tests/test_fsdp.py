@@ -1,6 +1,6 @@
 """FSDP (FSDP2) run, not assumed: 2 CPU processes over gloo train the tiny model with the 1-process run's loss
 curve, save the same weights as a plain transformers model / PEFT adapter, and a killed run resumes to the same
-result. Each test launches through a different entry: learnforget.launch (FSDP_FLAGS), the accelerate config
+result. Each test launches through a different entry: learnforget.train.launch (FSDP_FLAGS), the accelerate config
 file configs/accelerate/fsdp-2cpu.yaml, and accelerate launch flags by hand."""
 
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget import checkpoint, cli, launch, models
+from learnforget import checkpoint, cli, models
+from learnforget.train import launch
 from learnforget.errors import UserError
 from learnforget.train import run
 
@@ -40,7 +41,7 @@ def last(out) -> Path:
 
 
 def via_launch(argv, port: int) -> list[str]:
-    """The argv a study runs: learnforget.launch.command (FSDP_FLAGS) on the run's RUN.json."""
+    """The argv a study runs: learnforget.train.launch.command (FSDP_FLAGS) on the run's RUN.json."""
     cfg = config(argv)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     spec = Path(cfg.out).with_name(Path(cfg.out).name + ".json")
@@ -73,7 +74,7 @@ FULL = ["--method", "full", "--lr", "1e-3", "--tokens", "4096", "--checkpoints",
 
 @pytest.fixture(scope="module")
 def full_runs(tmp_path_factory):
-    """The uninterrupted full fine-tuning runs, 1 process and 2 under FSDP (through learnforget.launch.command), shared
+    """The uninterrupted full fine-tuning runs, 1 process and 2 under FSDP (through learnforget.train.launch.command), shared
     by two tests (each launch costs ~10 s of start-up here). Corpus: tests/conftest.py's code_corpus, module-wide."""
     root = tmp_path_factory.mktemp("full")
     corpus = root / "corpus"

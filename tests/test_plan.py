@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget import cli, launch
+from learnforget import cli
+from learnforget.train import launch
 from learnforget.config import MethodConfig
 from learnforget.study import cost, gpu_plan, gpus, plan
 

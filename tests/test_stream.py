@@ -9,7 +9,8 @@ import pytest
 
 from learnforget import models
 from learnforget.config import DataSpec
-from learnforget.data.corpora import Corpus, open_corpus
+from learnforget.data.corpora import Corpus
+from learnforget.data.stream import open_corpus
 
 from test_train import _cli, args, losses
 
@@ -96,7 +97,7 @@ PEAK = """
 import resource, sys
 from learnforget import models
 from learnforget.config import DataSpec
-from learnforget.data.corpora import open_corpus
+from learnforget.data.stream import open_corpus
 tok = models.load("tiny-random-llama")[1]
 c = open_corpus(DataSpec(sys.argv[1], "cpt", seq_len=32, heldout_fraction=0.1, streaming=sys.argv[2] == "on"), tok)
 b = c.batches(0, 8, 1, 0)

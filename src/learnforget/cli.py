@@ -12,11 +12,10 @@ import typing
 from pathlib import Path
 from typing import Literal, Optional
 
-from .config import DataSpec, MethodConfig, RunConfig, TrainConfig
+from .config import RENAME, DataSpec, MethodConfig, RunConfig, TrainConfig
 from .errors import UserError
 from .validate import convert, hints, load_mapping
 
-RENAME = {"source": "data"}  # DataSpec.source is `--data`: the name scripts and the issue use
 TRAIN_SPECS = (DataSpec, MethodConfig, TrainConfig)
 WITH_CONFIG = ("train", "eval", "analyze")  # the verbs that read --config FILE
 

@@ -19,6 +19,7 @@ TARGET_PRESETS = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
     "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+RENAME = {"source": "data"}  # a CLI flag named unlike its field: DataSpec.source is `--data`
 # Defaults shared by the study and the verbs (`learnforget eval`, `learnforget analyze`): one value each.
 EVAL_SEED = 1234  # seed of the fixed item sample of every benchmark task
 EVAL_BATCH = 16  # items per forward pass (multiple choice) / sequences per batch (generation)
@@ -118,7 +119,7 @@ class TrainConfig:
                                         "a study makes one per experiment). A location, not part of the run's identity", default=None)
     log_every: int = _help("steps between metric log lines", default=1)
     processes: int = _help("training processes of this run (one per GPU; on CPU they share the cores). A study launches a run "
-                           "with more than 1 through `accelerate launch` (learnforget.launch); `learnforget train` with more "
+                           "with more than 1 through `accelerate launch` (learnforget.train.launch); `learnforget train` with more "
                            "than 1 must be started by such a launcher. The global batch is the same for any count", default=1)
     distributed: Literal["ddp", "fsdp"] = _help("how processes share the work: ddp (each holds the whole model) | fsdp (weights, "
                                                 "gradients and optimizer state sharded over processes; consolidated checkpoints)", default="ddp")

@@ -27,27 +27,6 @@ PLAIN_TEMPLATE = "Question:\n{prompt}\n\nAnswer:\n"  # used when the tokenizer h
 EVAL_ONLY = {"gsm8k-test", "general-text"}  # sets that are never trained on: all of it is held out
 
 
-STREAM_ABOVE = 2**30  # bytes: local corpora larger than this stream (data.stream) unless data.streaming says
-
-
-def open_corpus(spec: DataSpec, tokenizer):
-    """The corpus of a run: whole in memory (Corpus: faster for small corpora, epoch budgets), or streamed
-    (data.stream.StreamCorpus: any size) when data.streaming asks for it or a local corpus is over 1 GiB."""
-    from . import stream
-
-    on = spec.streaming
-    if on is None:
-        paths = sources.corpus_paths(spec.source) if spec.source not in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS else []
-        on = sum(p.stat().st_size for p in paths) > STREAM_ABOVE
-    if not on:
-        return Corpus(spec, tokenizer)
-    if tokenizer.eos_token_id is None:
-        raise UserError("tokenizer has no EOS token: cannot separate packed documents")
-    if spec.source in EVAL_ONLY or spec.source in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS:
-        raise UserError(f"{spec.source}: an embedded set is small and read whole; streaming is for files, folders, globs and hub ids")
-    return stream.StreamCorpus(spec, tokenizer)
-
-
 class Corpus:
     """A corpus split into train and held-out items, able to stream packed rows."""
 

@@ -27,9 +27,28 @@ from typing import Iterator
 from ..config import DataSpec
 from ..errors import UserError
 from . import sources
-from .corpora import encode_item
+from .corpora import Corpus, encode_item
 
 STATE_FILE = "stream-{rank}.json"
+
+
+STREAM_ABOVE = 2**30  # bytes: local corpora larger than this stream (data.stream) unless data.streaming says
+
+
+def open_corpus(spec: DataSpec, tokenizer):
+    """The corpus of a run: whole in memory (Corpus: faster for small corpora, epoch budgets), or streamed
+    (data.stream.StreamCorpus: any size) when data.streaming asks for it or a local corpus is over 1 GiB."""
+    on = spec.streaming
+    if on is None:
+        paths = sources.corpus_paths(spec.source) if spec.source not in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS else []
+        on = sum(p.stat().st_size for p in paths) > STREAM_ABOVE
+    if not on:
+        return Corpus(spec, tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise UserError("tokenizer has no EOS token: cannot separate packed documents")
+    if spec.source in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS:
+        raise UserError(f"{spec.source}: an embedded set is small and read whole; streaming is for files, folders, globs and hub ids")
+    return StreamCorpus(spec, tokenizer)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
   ray    every run not yet done becomes a Ray task that calls train.run(config) on a worker; Ray
          schedules them over the CPUs/GPUs of a local instance or of a cluster (--ray-address).
          A run with train.processes = P > 1 is a task that asks for P times the executor's per-process
-         resources and launches the run's P processes on its node (learnforget.launch.run): DDP/FSDP
+         resources and launches the run's P processes on its node (learnforget.train.launch.run): DDP/FSDP
          stays on one machine, where Ray put the task.
 
 Ray is the engine: no scheduler of our own. A run is already resumable and idempotent (its folder
@@ -49,7 +49,8 @@ def _train_one(config: dict) -> str:
 def _launch_one(config: dict, threads: int) -> str:
     """The Ray task of a multi-process run: the launcher started on this node, `threads` torch threads a process
     (on CPU). Ray has set this task's CUDA_VISIBLE_DEVICES to the GPUs it reserved, which the launcher inherits."""
-    from .. import launch, quiet
+    from .. import quiet
+    from ..train import launch
 
     quiet.libraries()
     cfg = RunConfig.from_dict(config)

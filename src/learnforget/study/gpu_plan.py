@@ -51,7 +51,7 @@ import shlex
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .. import launch
+from ..train import launch
 from ..config import DataSpec, MethodConfig, RunConfig, Study, TrainConfig
 from ..loss import CHUNK
 from .cost import Shape, shape
@@ -145,7 +145,7 @@ def _arg(value) -> str:
 
 def train_argv(cfg: RunConfig) -> list[str]:
     """`learnforget train ...` that trains exactly `cfg` (options equal to their defaults left out)."""
-    from ..cli import RENAME
+    from ..config import RENAME
 
     argv = ["learnforget", "train", "--model", cfg.model, "--out", cfg.out]
     for spec, cls in ((cfg.data, DataSpec), (cfg.method, MethodConfig), (cfg.train, TrainConfig)):

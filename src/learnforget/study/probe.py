@@ -66,7 +66,7 @@ def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
     from ..loss import token_losses
     from ..train import methods
     from ..train.heldout import heldout_sets
-    from ..train.loop import accelerator
+    from ..train.acceleration import accelerator
     from ..train.save import save_checkpoint
     from .analyse import _intruder_rows, _spectrum_rows
 

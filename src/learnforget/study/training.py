@@ -1,7 +1,7 @@
 """The study's training stage, local executor: the runs not done, one after another in this process, or
 (`executor.workers: N`) N at a time, each in its own process with an equal share of the cores.
 
-A run that asks for several processes (train.processes > 1) is launched (learnforget.launch.run: accelerate
+A run that asks for several processes (train.processes > 1) is launched (learnforget.train.launch.run: accelerate
 launch on this machine) instead of trained in this process; it writes the same run folder, so caching and
 resume are the same. Under `workers: N` such runs train after the parallel ones, one at a time: each needs
 the cores its processes share, which the parallel runs hold until they finish."""
@@ -49,7 +49,7 @@ def _train_here(cfg: RunConfig) -> None:
 
         train.run(cfg)
         return
-    from .. import launch
+    from ..train import launch
 
     try:
         launch.run(cfg)
@@ -81,7 +81,8 @@ def worker_threads(workers: int) -> int:
 def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: int) -> None:
     """Pending runs `workers` at a time in spawned processes, then the multi-process ones one at a time (each
     launched with all the cores); a failed run is named at the end, the others finish."""
-    from .. import launch, models
+    from .. import models
+    from ..train import launch
 
     for model in sorted({r.config.model for r in pending}):  # convert an embedded model once, not in every worker
         if model in models.EMBEDDED:

@@ -12,7 +12,8 @@ from pathlib import Path
 from .. import heldout
 from ..config import RunConfig
 from ..data import sources
-from ..data.corpora import Corpus, heldout_set, open_corpus
+from ..data.corpora import Corpus, heldout_set
+from ..data.stream import open_corpus
 from .record import log
 
 

@@ -5,9 +5,10 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "learnforget"
-# Each layer may import itself and the layers after it: cli -> study -> report -> {train, evaluate, analysis} -> core.
-# report is below study (the study writes it) and reads only results.json: it imports no stage.
-LAYERS = [{"cli"}, {"study"}, {"report"}, {"train", "evaluate", "analysis"}, {"core"}]
+# Each layer may import itself and the layers after it: cli -> advise -> study -> report -> {train, evaluate, analysis} -> core.
+# report is below study (the study writes it) and reads only results.json: it imports no stage. advise (forecasts
+# from pilot runs) runs studies' pieces, so only cli imports it.
+LAYERS = [{"cli"}, {"advise"}, {"study"}, {"report"}, {"train", "evaluate", "analysis"}, {"core"}]
 STAGES = {"train", "evaluate", "analysis"}
 ALLOWED_SIDEWAYS = {("analysis", "evaluate")}  # diversity samples and scores solutions with evaluate's generation and tasks
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80

@@ -257,3 +257,20 @@ def test_precision_auto_follows_the_hardware_and_is_recorded(code_corpus, tmp_pa
     cfg = cli.train_config(cli.build_parser().parse_args(args(code_corpus, tmp_path / "fast", "--method", "full", "--tokens", "768")))
     assert run_precision(cfg)[0] == "bf16"
     assert checkpoint.manifest(checkpoint.complete(tmp_path / "none")[-1])["precision"] == "fp32"
+
+
+def test_a_paused_run_resumes_to_the_uninterrupted_result(code_corpus, tmp_path):
+    # advise's pilots: the first part of the budget's run, paused at a checkpoint, later resumed as if never stopped
+    common = ("--method", "full", "--lr", "1e-3", "--tokens", "1024", "--checkpoints", "256,512,1024")
+    whole = tmp_path / "whole"
+    train(args(code_corpus, whole, *common))
+    paused = tmp_path / "paused"
+    cfg = cli.train_config(cli.build_parser().parse_args(args(code_corpus, paused, *common)))
+    rec = run(cfg, stop_tokens=400)  # pauses at the first checkpoint at or after 400 tokens: 512
+    assert rec["status"] == "paused" and rec["paused_at"]["tokens"] == 512 and rec["parameters"]["total"] > 0
+    assert [c.name for c in checkpoint.complete(paused)] == ["tokens-000000000256", "tokens-000000000512"]
+    assert (checkpoint.complete(paused)[-1] / "resume").exists()
+    assert run(cfg, stop_tokens=512)["status"] == "paused"  # already there: nothing trained
+    assert len(losses(paused)) == 2
+    assert run(cfg)["status"] == "done"
+    assert losses(paused) == losses(whole)

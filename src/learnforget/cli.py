@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Literal, Optional
 
-from .config import RENAME, DataSpec, MethodConfig, RunConfig, TrainConfig
+from .config import RENAME, AdviseConfig, DataSpec, MethodConfig, RunConfig, TrainConfig
 from .errors import UserError
 from .validate import convert, hints, load_mapping
 
@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray instance")
 
+    v = sub.add_parser("advise", help="forecast what each method learns and forgets at a token budget from short pilot runs, and "
+                       "recommend one (or --backtest a study's runs)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_dataclass(v, AdviseConfig)
+
     r = sub.add_parser("report", help="(re)write the report of a study folder from its results.json")
     r.add_argument("study_dir")
     return p
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        if args.command in ("train", "eval", "analyze", "study"):
+        if args.command in ("train", "eval", "analyze", "study", "advise"):
             from . import quiet
 
             quiet.libraries()
@@ -212,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import study
 
             return study.main(args)
+        if args.command == "advise":
+            from .advise import command as advise_command
+
+            return advise_command.main(AdviseConfig(**_pick(args, AdviseConfig)))
         if args.command == "report":
             from . import report
 

@@ -273,6 +273,18 @@ class ExecutorSpec:
 
 
 @dataclass
+class ForecastSpec:
+    """The `forecast:` mapping of a study YAML: each run forecast from its first checkpoints (learnforget advise's
+    fits), scored against its later ones; the report shows predicted vs measured."""
+
+    fraction: float = _help("fit each run on its checkpoints up to this fraction of its budget (whole steps, at least 4)", default=0.125)
+
+    def __post_init__(self):
+        check_fields(self, "forecast.")
+        _need(0.0 < self.fraction < 1.0, f"forecast.fraction: a fraction in (0, 1), got {self.fraction}")
+
+
+@dataclass
 class Study:
     name: str = _help("study name: its folder under --out")
     model: str = _help("base model of every run (as train --model)")
@@ -284,6 +296,52 @@ class Study:
     seq_len: int = _help("tokens per training row", default=512)
     executor: ExecutorSpec = _help("local workers, or resources per run for --executor ray", default_factory=ExecutorSpec)
     analysis: Optional[AnalysisSpec] = _help("optional: spectrum, intruders, diversity (study/analyse.py)", default=None)
+    forecast: Optional[ForecastSpec] = _help("optional: forecasts of each run from its first checkpoints vs what it measured later", default=None)
 
     def __post_init__(self):
         check_fields(self)
+
+
+# ----------------------------------------------------------------------------- advise (learnforget advise)
+
+
+@dataclass
+class AdviseConfig:
+    """`learnforget advise`: the signature is the CLI (cli.py builds its options from these fields)."""
+
+    data: Optional[str] = _help("training data (as train --data); needed unless --backtest", default=None)
+    budget_tokens: Optional[int] = _help("the token budget to forecast at; needed unless --backtest", default=None)
+    model: str = _help("base model (as train --model)", default="smollm2-135m")
+    regime: Literal["cpt", "ift"] = _help("cpt: documents, loss on all tokens | ift: prompt/response, loss on the response", default="cpt")
+    domain: Optional[Literal["code", "math"]] = _help("the report's grouping (null: math for data named math/gsm, else code)", default=None)
+    methods: list[str] = _help("methods to forecast: full | lora-r<rank>[-attention|-mlp|-all] (all layers by default)",
+                               default_factory=lambda: ["full", "lora-r16"])
+    pilot_fraction: float = _help("the pilots train this fraction of the budget (at least 4 steps); the forecast extrapolates the rest", default=0.125)
+    full_lr: float = _help("prior learning rate of full fine-tuning (the bracket's centre)", default=2e-5)
+    lora_lr_ratio: float = _help("LoRA's prior learning rate over full fine-tuning's (LoRA Without Regret: about 10)", default=10.0)
+    bracket: int = _help("learning rates tried per bracket (successive halving keeps one at the rung); 1 = the prior only", default=3)
+    bracket_factor: float = _help("ratio between neighbouring learning rates of a bracket", default=2.0)
+    alpha: float = _help("LoRA alpha of every rank (fixed, 1/r scaling: the best lr is about rank-independent)", default=32.0)
+    seeds: list[int] = _help("training seeds: a second seed widens the intervals by the seed-to-seed spread", default_factory=lambda: [0])
+    seq_len: int = _help("tokens per training row", default=256)
+    batch_tokens: int = _help("tokens per optimizer step (small: a pilot of a few thousand tokens is then past Adam's first ~20 steps, whose curve is not the rest's)", default=512)
+    micro_batch: int = _help("rows per forward pass", default=2)
+    warmup: float = _help("warm-up fraction of the budget's steps, then cosine decay to 0", default=0.1)
+    heldout_tokens: int = _help("held-out tokens per set (target, general) at every checkpoint", default=2048)
+    general: str = _help("held-out general text: the forgetting signals (general-text loss, KL drift from the base)", default="general-text")
+    hardware: Literal["here", "h100", "h200"] = _help("where the recommendation's cost is counted: this machine (measured) or a GPU (FLOPs at "
+                                                      "a stated utilisation); the page shows all", default="here")
+    workers: int = _help("pilots trained at once, each with cores / workers threads", default=2)
+    backtest: Optional[str] = _help("a study folder: fit each run on its first --pilot-fraction of tokens and score the forecasts "
+                                    "against its later checkpoints (trains nothing)", default=None)
+    out: str = _help("advise folder: pilots, forecast.json, forecast.{md,html,png}", default="runs/advise")
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.backtest is None:
+            _need(self.data is not None and self.budget_tokens is not None, "advise: give --data and --budget-tokens (or --backtest STUDY_DIR)")
+            _need(self.budget_tokens > 0, f"budget_tokens: must be > 0, got {self.budget_tokens}")
+        _need(0.0 < self.pilot_fraction < 1.0, f"pilot_fraction: a fraction in (0, 1), got {self.pilot_fraction}")
+        _need(self.bracket >= 1 and self.bracket_factor > 1.0, "bracket: an integer >= 1 and bracket_factor > 1")
+        _need(bool(self.methods), "methods: at least one method")
+        _need(self.workers >= 1 and self.full_lr > 0 and self.lora_lr_ratio > 0, "workers >= 1, full_lr > 0 and lora_lr_ratio > 0")

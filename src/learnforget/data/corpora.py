@@ -27,6 +27,12 @@ PLAIN_TEMPLATE = "Question:\n{prompt}\n\nAnswer:\n"  # used when the tokenizer h
 EVAL_ONLY = {"gsm8k-test", "general-text"}  # sets that are never trained on: all of it is held out
 
 
+def check_tokenizer(tokenizer) -> None:
+    """Packing needs an EOS token between documents (both corpus paths check it before reading anything)."""
+    if tokenizer.eos_token_id is None:
+        raise UserError("tokenizer has no EOS token: cannot separate packed documents")
+
+
 class Corpus:
     """A corpus split into train and held-out items, able to stream packed rows."""
 
@@ -35,8 +41,7 @@ class Corpus:
     def __init__(self, spec: DataSpec, tokenizer, own_fraction: bool = True):
         # own_fraction: the held-out fraction is the user's --heldout-fraction (not an extra eval set's fixed one)
         self.spec, self.tok, self.own_fraction = spec, tokenizer, own_fraction
-        if tokenizer.eos_token_id is None:
-            raise UserError("tokenizer has no EOS token: cannot separate packed documents")
+        check_tokenizer(tokenizer)
         if spec.regime == "cpt":
             items = sources.load_docs(spec.source, spec.text_field)
         else:

@@ -27,7 +27,7 @@ from typing import Iterator
 from ..config import DataSpec
 from ..errors import UserError
 from . import sources
-from .corpora import Corpus, encode_item
+from .corpora import Corpus, check_tokenizer, encode_item
 
 STATE_FILE = "stream-{rank}.json"
 
@@ -44,8 +44,7 @@ def open_corpus(spec: DataSpec, tokenizer):
         on = sum(p.stat().st_size for p in paths) > STREAM_ABOVE
     if not on:
         return Corpus(spec, tokenizer)
-    if tokenizer.eos_token_id is None:
-        raise UserError("tokenizer has no EOS token: cannot separate packed documents")
+    check_tokenizer(tokenizer)
     if spec.source in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS:
         raise UserError(f"{spec.source}: an embedded set is small and read whole; streaming is for files, folders, globs and hub ids")
     return StreamCorpus(spec, tokenizer)
@@ -225,6 +224,14 @@ class StreamCorpus:
         raise UserError(f"{self.spec.source}: a streamed corpus takes a token budget (--tokens): its size in rows is not "
                         f"known without reading it whole")
 
+    def _heldout_items(self):
+        """The held-out documents in file order, read lazily (the first few are all a held-out set needs)."""
+        for unit in self.units:
+            for k, where, row in _rows_of(self.spec, unit, 0):
+                item = _item(self.spec, unit, k, where, row)
+                if self.is_heldout(item.id) and self.usable(item):
+                    yield item
+
     def heldout_rows(self, max_tokens: int):
         """The first max_tokens // seq_len rows of held-out documents, in the corpus's file order."""
         import torch
@@ -232,16 +239,10 @@ class StreamCorpus:
         L, n = self.spec.seq_len, max(1, max_tokens // self.spec.seq_len)
         ids: list[int] = []
         labels: list[int] = []
-        for unit in self.units:
-            for k, where, row in _rows_of(self.spec, unit, 0):
-                item = _item(self.spec, unit, k, where, row)
-                if not self.is_heldout(item.id) or not self.usable(item):
-                    continue
-                a, b = self.encode(item)
-                ids += a
-                labels += b
-                if len(ids) >= n * L:
-                    break
+        for item in self._heldout_items():
+            a, b = self.encode(item)
+            ids += a
+            labels += b
             if len(ids) >= n * L:
                 break
         rows = len(ids) // L

@@ -134,7 +134,7 @@ def blocks(A: Analysis, found: list[Finding]) -> list[tuple]:
                                                                  if s.edge else ""),
             "yes" if s.learned else "no", ci(A.value(s.points[-1], "metric", s.domain)), ci(A.value(s.points[-1], "target", s.domain))]
            for s in A.best]), *_failed_blocks(A)]
-    return B + _base_blocks(A) + _checkpoint_blocks(A) + _analysis_blocks(A)
+    return B + _base_blocks(A) + _checkpoint_blocks(A) + _analysis_blocks(A) + _forecast_blocks(A)
 
 
 def _edge_note(A: Analysis) -> list[tuple]:
@@ -250,6 +250,30 @@ def _analysis_blocks(A: Analysis) -> list[tuple]:
     return B
 
 
+SIGNAL_NAMES = {"target_loss": "held-out target loss", "kl": "KL drift (general text)", "general_loss": "general-text loss"}
+
+
+def _forecast_blocks(A: Analysis) -> list[tuple]:
+    """The study's `forecast:` block: each run forecast from its first checkpoints (learnforget advise's fit) vs measured."""
+    fc = A.res.get("forecast")
+    if not fc:
+        return []
+    rows = []
+    for s in fc["summary"]:
+        head = [s["run"], f"{s['lr']:g}", s["seed"], SIGNAL_NAMES.get(s["signal"], s["signal"])]
+        if "mae" not in s:
+            rows.append(head + ["–", "–", "–", f"no forecast: {s.get('reason', '')}"])
+            continue
+        rows.append(head + [s["checkpoints"], f"{s['mae']:.4g}", f"{s['coverage']:.0%}",
+                            f"{s['last_error']:+.4g} at {s['last_tokens']:,.0f} tokens ({'inside' if s['last_covered'] else 'outside'} its 90% interval)"])
+    return [("h2", f"Forecasts from each run's first {fc['fraction']:g} of its budget vs measured"),
+            ("p", "Each run's held-out curves fitted on its checkpoints up to that fraction (learnforget advise's fit: power laws "
+                  "in the learning-rate area and in tokens, mixed; forgetting linked to learning past the fitted part) and "
+                  "extrapolated to its later checkpoints: mean absolute error and the share of those checkpoints inside the "
+                  "90% prediction interval."),
+            ("table", ["run", "lr", "seed", "signal", "later checkpoints", "mean abs. error", "coverage", "at the last checkpoint"], rows)]
+
+
 def to_html(B: list[tuple], pngs: dict) -> str:
     e, out = (lambda x: html.escape(x, quote=False)), []
     for b in B:
@@ -277,6 +301,12 @@ def to_markdown(B: list[tuple]) -> str:
             out.append("#" * int(b[0][1]) + " " + b[1])
         elif b[0] == "p":
             out.append(b[1])
+        elif b[0] == "bold":  # the advise page's recommendation
+            out.append(f"**{b[1]}**")
+        elif b[0] == "note":
+            out.append("---\n\n" + b[1])
+        elif b[0] == "code":
+            out.append(f"```\n{b[1]}\n```")
         elif b[0] == "ul":
             out.append("\n".join("- " + x for x in b[1]))
         elif b[0] == "fig":

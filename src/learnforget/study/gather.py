@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint, stats
+from .. import advice, checkpoint, stats
 from ..analysis import diversity as div
 from ..config import DOMAINS, Study
 from ..evaluate import tasks as registry
@@ -153,6 +153,8 @@ def run_row(study: Study, root: Path, r: PlannedRun) -> dict:
         "alpha": m.alpha if m.method == "lora" else None,
         "seed": r.config.train.seed, "trainable_params": params["trainable"], "total_params": params["total"],
         "peak_rss_mb": info.get("peak_rss_mb"), "tokens_per_s": info.get("tokens_per_s_this_session"), "checkpoints": cks,
+        "schedule": {"budget_tokens": r.config.train.tokens, "step_tokens": r.config.data.seq_len * max(1, r.config.train.batch_tokens // r.config.data.seq_len),
+                     "warmup": r.config.train.warmup} if r.config.train.tokens else None,  # advise --backtest: the learning-rate clock
     }
 
 
@@ -198,5 +200,20 @@ def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
     analysis = analysis_rows(study, root, runs)
     if analysis:
         results["analysis"] = analysis
+    if study.forecast is not None:
+        results["forecast"] = forecast_rows(study, base, rows)
     return results
+
+
+def forecast_rows(study: Study, base: dict, rows: list[dict]) -> dict:
+    """results.json's `forecast`: every run with a token budget fitted on its first `fraction`, scored at its later
+    checkpoints (advice.backtest), per experiment against its own base model scores."""
+    fraction, out = study.forecast.fraction, []
+    general = base["heldout"].get("general")
+    for e in study.experiments:
+        target = base["heldout"].get(f"{e.regime}-{e.domain}")
+        mine = [r for r in rows if r["experiment"] == e.name and r.get("schedule")]
+        if target and general and mine:
+            out += advice.backtest(mine, {"target": target, "general": general}, fraction)
+    return {"fraction": fraction, "rows": out, "summary": advice.backtest_summary(out)}
 

@@ -21,11 +21,12 @@ from .cost import dry_run
 from .plan import PlannedRun, status
 
 
-def train_all(study: Study, runs: list[PlannedRun]) -> None:
-    """Train what is not done (a killed run resumes from its last checkpoint), printing an ETA."""
-    pending = [r for r in runs if status(r.config.out) != "done"]
+def train_all(study: Study, runs: list[PlannedRun], stop_tokens: int | None = None) -> None:
+    """Train what is not done (a killed run resumes from its last checkpoint), printing an ETA. With stop_tokens,
+    each run pauses at its first checkpoint at or after that many tokens (advise's pilots), to be resumed later."""
+    pending = [r for r in runs if status(r.config.out) != "done" and not paused_at(r.config, stop_tokens)]
     if study.executor.workers > 1 and len(pending) > 1:
-        return _train_parallel(runs, pending, study.executor.workers)
+        return _train_parallel(runs, pending, study.executor.workers, stop_tokens)
     est = {r.id: row["est_seconds"] or 0.0 for r, row in zip(pending, dry_run(study, pending))} if pending else {}
     t0, spent, spent_est = time.time(), 0.0, 0.0
     for i, r in enumerate(runs, 1):
@@ -37,18 +38,27 @@ def train_all(study: Study, runs: list[PlannedRun]) -> None:
               f" (study elapsed {(time.time() - t0) / 60:.1f} min" + (f", training left ~{eta / 60:.0f} min)" if not done else ")"), flush=True)
         if not done:
             tic = time.time()
-            _train_here(r.config)
+            _train_here(r.config, stop_tokens)
             spent, spent_est = spent + time.time() - tic, spent_est + est[r.id]
 
 
-def _train_here(cfg: RunConfig) -> None:
+def paused_at(cfg: RunConfig, stop_tokens: int | None) -> bool:
+    """True if the run is paused at or after stop_tokens: nothing to train before that."""
+    from ..train import record
+
+    return record.paused(Path(cfg.out), cfg.to_dict(), stop_tokens) is not None
+
+
+def _train_here(cfg: RunConfig, stop_tokens: int | None = None) -> None:
     """One run from this process: trained in it, or launched in cfg.train.processes processes (a failed launch
     named, as the error of a run trained here is not: its message is the launcher's)."""
     if cfg.train.processes == 1:
         from .. import train
 
-        train.run(cfg)
+        train.run(cfg, stop_tokens)
         return
+    if stop_tokens is not None:
+        raise UserError(f"run {Path(cfg.out).name}: a launched multi-process run cannot pause (advise's pilots train one process each)")
     from ..train import launch
 
     try:
@@ -67,10 +77,10 @@ def _worker_init(threads: int) -> None:
     os.environ["TQDM_DISABLE"] = "1"  # learnforget's own step bars too (train.loop reads it)
 
 
-def _train_one(config: dict) -> None:
+def _train_one(config: dict, stop_tokens: int | None = None) -> None:
     from .. import train
 
-    train.run(RunConfig.from_dict(config))
+    train.run(RunConfig.from_dict(config), stop_tokens)
 
 
 def worker_threads(workers: int) -> int:
@@ -78,7 +88,7 @@ def worker_threads(workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: int) -> None:
+def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: int, stop_tokens: int | None = None) -> None:
     """Pending runs `workers` at a time in spawned processes, then the multi-process ones one at a time (each
     launched with all the cores); a failed run is named at the end, the others finish."""
     from .. import models
@@ -108,7 +118,7 @@ def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: 
 
     if single:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
-            futs: dict[Future, PlannedRun] = {pool.submit(_train_one, r.config.to_dict()): r for r in single}
+            futs: dict[Future, PlannedRun] = {pool.submit(_train_one, r.config.to_dict(), stop_tokens): r for r in single}
             left = set(futs)
             while left:
                 done, left = wait(left, return_when=FIRST_COMPLETED)
@@ -116,6 +126,8 @@ def _train_parallel(runs: list[PlannedRun], pending: list[PlannedRun], workers: 
                     report(futs[f], f.exception())
     for r in multi:
         try:
+            if stop_tokens is not None:
+                raise UserError("a launched multi-process run cannot pause (advise's pilots train one process each)")
             launch.run(r.config)
             report(r, None)
         except UserError as e:  # the launch's own failure, in one line; anything else is a bug here: raised

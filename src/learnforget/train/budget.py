@@ -32,3 +32,10 @@ def plan(cfg: RunConfig, corpus: Corpus, world: int) -> dict:
                         f"lower --batch-tokens or raise the budget")
     return {"rows_per_step": rows_per_step, "accum": rows_per_step // per_pass, "total_steps": steps_at[-1],
             "checkpoint_steps": sorted(set(steps_at)), "checkpoint_labels": dict(zip(steps_at, t.checkpoints)), "unit": unit}
+
+
+def stop_step(plan: dict, step_tokens: int, stop_tokens: int | None) -> int:
+    """The step to train to: the budget's last, or that of the first checkpoint at or after stop_tokens."""
+    if stop_tokens is None:
+        return plan["total_steps"]
+    return next((s for s in plan["checkpoint_steps"] if s * step_tokens >= stop_tokens), plan["total_steps"])

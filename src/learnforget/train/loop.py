@@ -35,7 +35,7 @@ from ..data.corpora import IGNORE, Corpus
 from ..errors import UserError
 from ..loss import token_losses
 from . import acceleration, methods, record
-from .budget import plan as plan_budget
+from .budget import plan as plan_budget, stop_step
 from .heldout import heldout_sets, load_references, reference_dir, score
 from .save import save_checkpoint, save_pissa_init
 
@@ -95,13 +95,15 @@ class Run:
             score(self.acc.unwrap_model(self.model), self, self.step, tokens, label)
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, stop_tokens: int | None = None) -> dict:
     """Train one run into cfg.out (resuming it, or at once returning its record when it is done). A run that
-    fails once its folder is open leaves run.json with status "failed" and the error."""
+    fails once its folder is open leaves run.json with status "failed" and the error.
+    stop_tokens: pause at the first checkpoint at or after this many tokens (run.json: status "paused"); the
+    same call without it later resumes the run from there, as if it had never stopped (advise's pilots)."""
     t0 = time.time()
-    done = record.finished(Path(cfg.out), cfg.to_dict())
+    done = record.finished(Path(cfg.out), cfg.to_dict()) or record.paused(Path(cfg.out), cfg.to_dict(), stop_tokens)
     if done is not None:
-        print(f"[learnforget] {cfg.out}: already trained (run.json: done); nothing to do", flush=True)
+        print(f"[learnforget] {cfg.out}: already trained (run.json: {done['status']}); nothing to do", flush=True)
         return done
     # Large tensors are freed and made again every micro-batch: keep freed memory for reuse, after giving
     # back what an earlier run in this process left (learnforget.cpu.allocator).
@@ -116,7 +118,10 @@ def run(cfg: RunConfig) -> dict:
                 print(f"[learnforget] {cfg.out}: trained by the other process meanwhile (run.json: done); nothing to do", flush=True)
             return done
         _resume(r)
-        _train(r)
+        end = stop_step(r.plan, r.plan["rows_per_step"] * cfg.data.seq_len, stop_tokens)
+        _train(r, end)
+        if end < r.plan["total_steps"]:
+            return _record_pause(r, time.time() - t0)
         return _record(r, time.time() - t0)
     except Exception as e:
         if r.opened:
@@ -252,8 +257,8 @@ def _resume(r: Run) -> None:
 # ---------------------------------------------------------------- steps
 
 
-def _train(r: Run) -> None:
-    """Steps from r.step to the end of the budget, with a checkpoint (and held-out loss) at each budget."""
+def _train(r: Run, end: int) -> None:
+    """Steps from r.step to `end` (the budget's last step, or a pause), with a checkpoint (and held-out loss) at each budget."""
     from tqdm.auto import tqdm
 
     R = r.plan["rows_per_step"]
@@ -261,7 +266,7 @@ def _train(r: Run) -> None:
     bar = tqdm(total=r.plan["total_steps"], initial=r.step, disable=not r.main or bool(os.environ.get("TQDM_DISABLE")),
                desc=r.cfg.method.label(), unit="step")  # TQDM_DISABLE: set by parallel study workers
     r.model.train()
-    while r.step < r.plan["total_steps"]:
+    while r.step < end:
         tic, cpu_tic = time.time(), time.process_time()
         loss, grad_norm, n_tokens = _step(r, next(r.batches))
         r.step += 1
@@ -347,6 +352,23 @@ def _checkpoint(r: Run) -> None:
 
 
 # ---------------------------------------------------------------- record
+
+
+def _record_pause(r: Run, wall: float) -> dict:
+    """run.json of a run paused at a checkpoint (its newest keeps its resume state): what a pilot measured."""
+    summary = {}
+    if r.main:
+        summary = {"status": "paused", "paused_at": {"step": r.step, "tokens": r.tokens()}, "config": r.cfg.to_dict(),
+                   "versions": record.versions(), "parameters": r.counts, "precision": r.precision, "wall_seconds": wall,
+                   "train_seconds_this_session": r.seconds, "tokens_per_s_this_session": r.tokens_per_s(),
+                   "peak_rss_mb": record.peak_rss_mb()}
+        record.write_json_atomic(r.out / "run.json", summary)
+        if r.writer:
+            r.writer.close()
+        print(f"[learnforget] paused at {r.tokens():,} tokens ({r.tokens_per_s():.0f} tokens/s, {wall:.0f} s) -> {r.out}", flush=True)
+    r.acc.wait_for_everyone()
+    r.acc.end_training()
+    return summary
 
 
 def _record(r: Run, wall: float) -> dict:

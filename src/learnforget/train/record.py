@@ -65,6 +65,15 @@ def finished(out: Path, resolved: dict) -> dict | None:
     return None
 
 
+def paused(out: Path, resolved: dict, stop_tokens: int | None) -> dict | None:
+    """The record of this same run if it is paused at or after stop_tokens (nothing to train before that), else None."""
+    previous = read_run(out)
+    if (stop_tokens is not None and previous and previous.get("status") == "paused"
+            and previous.get("config") == json.loads(json.dumps(resolved)) and previous["paused_at"]["tokens"] >= stop_tokens):
+        return previous
+    return None
+
+
 def trained(out: Path) -> bool:
     """True if the folder keeps anything of training: a checkpoint, or a metrics row after step 0."""
     root = out / "checkpoints"

@@ -1,0 +1,1 @@
+"""learnforget advise: forecasts from pilot runs (pilot.py runs them, page.py writes the forecast page)."""

@@ -85,8 +85,7 @@ def from_pilots(cfg: AdviseConfig, root: Path, p: dict) -> dict:
     return {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(), "model": cfg.model, "data": cfg.data,
             "regime": cfg.regime, "budget_tokens": cfg.budget_tokens, "pilot_tokens": ms["pilot"], "pilot_fraction": cfg.pilot_fraction,
             "hardware": cfg.hardware, "machine": f"{platform.machine()} {len(os.sched_getaffinity(0))} CPUs", **out,
-            "commands": {"continue": f"learnforget study {root / 'continue.yaml'} --out {root.parent}",
-                         "again": "the same learnforget advise command: forecasts beside the measured checkpoints"}}
+            "commands": {"continue": f"learnforget study {root / 'continue.yaml'} --out {root.parent}"}}
 
 
 def _cost(cfg: AdviseConfig, row: dict, rc: RunConfig, checkpoints: int) -> dict:

@@ -212,6 +212,9 @@ def blocks(result: dict) -> list[tuple]:
         B.append(("h2", "Next"))
         for k, v in cmds.items():
             B += [("p", f"To {k}:" if k == "continue" else f"{k}:"), ("code", v)]
+        if "continue" in cmds:
+            B.append(("p", "Then the same learnforget advise command again: it trains nothing more and shows the measured "
+                           "checkpoints beside the forecasts."))
     return B + [("note", METHOD)]
 
 

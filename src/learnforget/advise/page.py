@@ -7,15 +7,13 @@ is self-contained (inline CSS, the PNG as a base64 data: URI)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 from pathlib import Path
 
 import numpy as np
 
-from ..report.render import CSS, to_markdown
+from ..report.render import to_html, to_markdown
 
 SIGNALS = ("target_loss", "kl", "general_loss")
 TITLE = {"target_loss": "Held-out target loss", "kl": "KL drift from the base (general text)",
@@ -282,29 +280,6 @@ def figure(result: dict) -> bytes:
     return buf.getvalue()
 
 
-def to_html(B: list[tuple], png: bytes) -> str:
-    e, out = (lambda x: html.escape(str(x), quote=False)), []
-    for b in B:
-        if b[0] in ("h1", "h2"):
-            out.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
-        elif b[0] in ("p", "bold", "note"):
-            inner = f"<strong>{e(b[1])}</strong>" if b[0] == "bold" else e(b[1])
-            out.append(f'<p class="rec">{inner}</p>' if b[0] == "bold" else f"<p><small>{inner}</small></p>" if b[0] == "note"
-                       else f"<p>{inner}</p>")
-        elif b[0] == "ul":
-            out.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
-        elif b[0] == "code":
-            out.append(f"<pre><code>{e(b[1])}</code></pre>")
-        elif b[0] == "fig":
-            out.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-                       f"<figcaption>{e(b[2])}</figcaption></figure>")
-        else:
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2]) + "</table>")
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{e(B[0][1])}</title><style>{CSS}{EXTRA_CSS}</style>'
-            "</head><body>\n" + "\n".join(out) + "\n</body></html>\n")
-
-
 def write(out_dir: Path, result: dict) -> Path:
     """Write out_dir/forecast.md, forecast.html (figure embedded) and forecast.png; return the HTML path."""
     out_dir = Path(out_dir)
@@ -313,5 +288,5 @@ def write(out_dir: Path, result: dict) -> Path:
     (out_dir / "forecast.png").write_bytes(png)
     B = blocks(result)
     (out_dir / "forecast.md").write_text(to_markdown(B))
-    (out_dir / "forecast.html").write_text(to_html(B, png))
+    (out_dir / "forecast.html").write_text(to_html(B, {"forecast": png}, EXTRA_CSS))
     return out_dir / "forecast.html"

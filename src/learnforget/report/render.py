@@ -274,23 +274,31 @@ def _forecast_blocks(A: Analysis) -> list[tuple]:
             ("table", ["run", "lr", "seed", "signal", "later checkpoints", "mean abs. error", "coverage", "at the last checkpoint"], rows)]
 
 
-def to_html(B: list[tuple], pngs: dict) -> str:
-    e, out = (lambda x: html.escape(x, quote=False)), []
+def to_html(B: list[tuple], pngs: dict, extra_css: str = "") -> str:
+    """The blocks as one HTML page, figures embedded; also the advise page's writer (its bold recommendation,
+    small-print notes and commands)."""
+    e, out = (lambda x: html.escape(str(x), quote=False)), []
     for b in B:
         if b[0] in ("h1", "h2"):
             out.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
         elif b[0] == "p":
             out.append(f"<p>{e(b[1])}</p>")
+        elif b[0] == "bold":
+            out.append(f'<p class="rec"><strong>{e(b[1])}</strong></p>')
+        elif b[0] == "note":
+            out.append(f"<p><small>{e(b[1])}</small></p>")
+        elif b[0] == "code":
+            out.append(f"<pre><code>{e(b[1])}</code></pre>")
         elif b[0] == "ul":
             out.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
         elif b[0] == "fig":
-            out.append(f'<figure><img alt="{b[1]}" src="data:image/png;base64,{base64.b64encode(pngs[b[1]]).decode()}">'
+            out.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{base64.b64encode(pngs[b[1]]).decode()}">'
                        f"<figcaption>{e(b[2])}</figcaption></figure>")
         else:
-            cell = lambda c: f'<td class="{VERDICT_CLASS[c]}">{e(c)}</td>' if c in VERDICT_CLASS else f"<td>{e(str(c))}</td>"  # noqa: E731
+            cell = lambda c: f'<td class="{VERDICT_CLASS[c]}">{e(c)}</td>' if c in VERDICT_CLASS else f"<td>{e(c)}</td>"  # noqa: E731
             out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>"
                        + "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in b[2]) + "</table>")
-    return f'<!doctype html><html><head><meta charset="utf-8"><title>{e(B[0][1])}</title><style>{CSS}</style></head><body>\n' \
+    return f'<!doctype html><html><head><meta charset="utf-8"><title>{e(B[0][1])}</title><style>{CSS}{extra_css}</style></head><body>\n' \
            + "\n".join(out) + "\n</body></html>\n"
 
 

@@ -95,11 +95,12 @@ def test_study_runs_caches_and_reports(code_corpus, tmp_path, capsys):
                 assert h["units"]["tokens"] == base[ref]["units"]["tokens"]
                 assert abs(sum(h["units"]["loss"]) / sum(h["units"]["tokens"]) - h["loss"]) < 1e-9
     assert (root / "report" / "report.html").exists() and (root / "report" / "report.md").exists()
-    capsys.readouterr()
+    split = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study] wall time")]
+    assert len(split) == 1 and "base model" in split[0] and "report" in split[0] and "the 3 runs trained" in split[0]
     # a second run trains nothing: every run is cached
     assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
     log = capsys.readouterr().out
-    assert log.count(": cached") == 3 and "training" not in log
+    assert log.count(": cached") == 3 and "training 0.0" in log and "runs trained" not in log
     assert json.loads((root / "results.json").read_text())["runs"] == results["runs"]
 
 
@@ -231,3 +232,20 @@ def test_failed_runs_are_not_chosen_and_an_unbracketed_best_lr_is_flagged():
     assert best == {"hi"} and by["hi"]["best_lr_edge"] is None  # 1e-3 is inside the grid that includes the failed lrs
     del rows[3:]  # without the failed lrs, 1e-3 is the top of the grid: the optimum was not bracketed
     assert mark_best(rows, base) == {"hi"} and rows[2]["best_lr_edge"] == "high"
+
+
+def test_wall_split_adds_the_stages_and_the_runs_own_split(tmp_path):
+    from types import SimpleNamespace
+
+    from learnforget.study import wall_split
+
+    runs = []
+    for i, (wall, steps) in enumerate([(120.0, 90.0), (60.0, 30.0)]):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "run.json").write_text(json.dumps({"wall_seconds": wall, "train_seconds_this_session": steps}))
+        runs.append(SimpleNamespace(config=SimpleNamespace(out=str(tmp_path / f"r{i}"))))
+    clock = {"start": 0.0, "base model": 6.0, "training": 186.0, "report": 192.0}
+    assert wall_split(clock, runs) == ("[study] wall time 3.2 min: base model 0.1, training 3.0, report 0.1; the 2 runs "
+                                       "trained: 3.0 run-min, of which optimizer steps 2.0 and load, held-out scoring "
+                                       "and checkpoints 1.0")
+    assert wall_split(clock, []).endswith("report 0.1")

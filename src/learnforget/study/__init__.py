@@ -22,6 +22,7 @@ interrupted study resumes, and adding one rank to the YAML trains just that rank
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -55,28 +56,54 @@ def main(args) -> int:
     # Two studies on one folder: the study's own files (study.yaml, evals/, analysis/, results.json, the report)
     # are written under the study folder's lock, each run under its own (train.run): the second process waits,
     # then finds the work done (cached).
+    clock = {"start": time.time()}
     with locks.held(root, "study folder"):
         (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
         evaluation.base_heldout(study, root, runs)  # before training: the runs score KL against the base's references
+    clock["base model"] = time.time()
+    pending = [r for r in runs if plan.status(r.config.out) != "done"]
     if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; train_all then finds them done
         from . import executors
 
         executors.train_ray(runs, study.executor, getattr(args, "ray_address", None))
     training.train_all(study, runs)
+    clock["training"] = time.time()
     with locks.held(root, "study folder"):
-        html = _finish(study, root, runs)
+        html = _finish(study, root, runs, clock)
     print(f"[study] report: {html}")
+    print(wall_split(clock, pending), flush=True)
     return 0
 
 
-def _finish(study, root: Path, runs) -> Path:
-    """Evaluation, analysis, results.json and the report, once every run is trained."""
+def _finish(study, root: Path, runs, clock: dict) -> Path:
+    """Evaluation, analysis, results.json and the report, once every run is trained (each stage's end in clock)."""
     evaluation.evaluate_all(study, root, runs)
+    clock["benchmark tasks"] = time.time()
     analyse.run(study, root, runs)  # the optional `analysis:` block (cached like the evaluations)
+    clock["analysis"] = time.time()
     results = gather.gather(study, root, runs)
     tmp = root / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(root / "results.json")
     from .. import report  # the one import of the report: study -> report, at the very end
 
-    return report.write(root)
+    html = report.write(root)
+    clock["report"] = time.time()
+    return html
+
+
+def wall_split(clock: dict, trained: list) -> str:
+    """Where this invocation's wall time went, by stage (clock: each stage's end time after "start"), and inside
+    the training stage, the trained runs' own split from their run.json: optimizer steps against the rest of a
+    run (model load, held-out scoring at each checkpoint, checkpoint writes), summed over runs (run-minutes:
+    parallel workers overlap)."""
+    names, ends = list(clock)[1:], list(clock.values())
+    stages = ", ".join(f"{n} {(b - a) / 60:.1f}" for n, a, b in zip(names, ends, ends[1:]))
+    line = f"[study] wall time {(ends[-1] - ends[0]) / 60:.1f} min: {stages}"
+    rows = [json.loads(p.read_text()) for r in trained if (p := Path(r.config.out) / "run.json").is_file()]
+    steps = sum(x.get("train_seconds_this_session") or 0.0 for x in rows)
+    whole = sum(x.get("wall_seconds") or 0.0 for x in rows)
+    if rows and whole:
+        line += (f"; the {len(rows)} runs trained: {whole / 60:.1f} run-min, of which optimizer steps {steps / 60:.1f} "
+                 f"and load, held-out scoring and checkpoints {(whole - steps) / 60:.1f}")
+    return line

@@ -48,7 +48,7 @@ def test_a_two_process_run_trains_like_one_process_and_is_cached(code_corpus, tm
     assert (_runs(out / "tiny")[2] / "launch.json").exists()
     assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
     log = capsys.readouterr().out
-    assert log.count(": cached") == 2 and "training" not in log
+    assert log.count(": cached") == 2 and ": training" not in log
 
 
 def test_ray_launches_a_two_process_run_from_a_task(code_corpus, tmp_path, ray_local, capsys):  # noqa: F811

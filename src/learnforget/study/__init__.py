@@ -61,7 +61,7 @@ def main(args) -> int:
         (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
         evaluation.base_heldout(study, root, runs)  # before training: the runs score KL against the base's references
     clock["base model"] = time.time()
-    pending = [r for r in runs if plan.status(r.config.out) != "done"]
+    pending = [r for r in runs if plan.status(r.config.out) != "done"]  # before Ray trains them: train_all would find them done
     if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; train_all then finds them done
         from . import executors
 

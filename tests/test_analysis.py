@@ -163,6 +163,28 @@ def test_lora_deltas(base):
     assert all(row["rank"] <= r for row in sp.spectrum(deltas, base=False, random=False))
 
 
+def test_lora_spectrum_from_factors_is_the_dense_one(base):
+    peft = _lora(base, 3)
+    deltas, factors = sp.weight_deltas(base, peft), sp.lora_factors(peft)
+    assert factors.keys() == deltas.keys()
+    for name, (b, a) in factors.items():
+        assert torch.allclose(b @ a, deltas[name][1], atol=1e-6)  # the scaling is folded into B
+        dense = torch.linalg.svdvals(deltas[name][1].double()).float()
+        got = sp.low_rank_singular_values(b, a)
+        assert got.shape == dense.shape and torch.allclose(got, dense, atol=1e-5, rtol=1e-4)
+        assert torch.equal(got[3:], torch.zeros(len(got) - 3))
+    want = sp.spectrum(deltas, base=False, random=False, method="svd", keep_singular_values=True)
+    got = sp.spectrum(deltas, base=False, random=False, method="gram", keep_singular_values=True, factors=factors)
+    assert [r["rank"] for r in got] == [r["rank"] for r in want] and max(r["rank"] for r in got) == 3
+    for g, w in zip(got, want):
+        assert g["singular_values"][:3] == pytest.approx(w["singular_values"][:3], rel=1e-4)
+
+
+def test_lora_factors_leave_out_variants(base):
+    assert sp.lora_factors(_lora(base, 2, ["v_proj"], use_dora=True)) == {}  # DoRA's ΔW is dense
+    assert sp.lora_factors(base) == {}
+
+
 def test_lora_only_adapted_modules(base):
     deltas = sp.weight_deltas(base, _lora(base, 2, ["q_proj", "v_proj"]))
     assert sorted({sp.module_type(n) for n in deltas}) == ["q", "v"] and len(deltas) == 8

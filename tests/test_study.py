@@ -134,7 +134,8 @@ def test_dry_run_time_is_the_measured_clock_times_the_plans_counts(code_corpus, 
     assert sorted(set(kinds.values())) == ["full", "lora-r2-all", "lora-r4-all"]  # the learning rate does not change a step's cost
     clock = probe.Clock(threads=1, precision="fp32", load=1.0, data={"code-cpt": 2.0}, score_row=0.1, kinds=kinds,
                         row={k: (0.5 if k == "full" else 0.25) for k in kinds.values()},
-                        save={k: (3.0 if k == "full" else 0.5) for k in kinds.values()}, analysis_first=4.0, analysis=2.0)
+                        save={k: (3.0 if k == "full" else 0.5) for k in kinds.values()}, analysis_first=4.0,
+                        analysis={k: (2.0 if k == "full" else 0.5) for k in kinds.values()})
     rows = cost.dry_run(s, runs, clock)
     # 512 tokens = 8 rows of 64; 2 checkpoints, each a write and the target + general sets (2 x 128 tokens = 4 rows)
     assert [r["est_seconds"] for r in rows] == pytest.approx([1 + 2 + 8 * 0.5 + 2 * (3 + 4 * 0.1), 1 + 2 + 8 * 0.25 + 2 * (0.5 + 0.4),
@@ -144,7 +145,8 @@ def test_dry_run_time_is_the_measured_clock_times_the_plans_counts(code_corpus, 
     assert split["training"] == pytest.approx(max(sum(r["est_seconds"] for r in rows) / 2, rows[0]["est_seconds"])) == 13.8
     s.executor.workers = 1
     assert cost.study_seconds(s, runs, rows, clock)["training"] == pytest.approx(sum(r["est_seconds"] for r in rows))
-    assert split["analysis"] == pytest.approx(1 + 4 + 5 * 2)  # 6 checkpoints: the first with the base's vectors
+    # a load, the base's vectors once, then 2 checkpoints of each run at its kind's cost
+    assert split["analysis"] == pytest.approx(1 + 4 + 2 * 2.0 + 2 * 0.5 + 2 * 0.5)
     assert split["total"] == pytest.approx(split["training"] + split["analysis"] + split["base model held-out"])
 
 

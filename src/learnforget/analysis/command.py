@@ -45,7 +45,7 @@ def analyze(base, checkpoint: Path, fraction: float = 0.9, k: int = 10, eps=(0.5
     deltas = spectrum.weight_deltas(base, tuned)
     if not deltas:
         raise UserError(f"{checkpoint}: no adapted linear weights found")
-    rows = spectrum.spectrum(deltas, fraction=fraction, random=True, method=method)
+    rows = spectrum.spectrum(deltas, fraction=fraction, random=True, method=method, factors=spectrum.lora_factors(tuned))
     out = {"checkpoint": str(checkpoint), "fraction": fraction, "spectrum": rows, "summary": spectrum.summarize(rows),
            "spectrum_seconds": time.time() - t0}
     if intruders:

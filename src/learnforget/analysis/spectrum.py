@@ -115,6 +115,23 @@ def lora_delta(layer: nn.Module) -> torch.Tensor | None:
     return delta
 
 
+def lora_factors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(B', A) with ΔW = B' @ A for every plain LoRA layer of the blocks (scaling folded into B', several
+    active adapters side by side), by name: what lets `spectrum` take ΔW's singular values from an r x r
+    matrix instead of the m x n one. Layers with a variant (DoRA rescales columns) or a transposed base
+    weight (fan_in_fan_out) are left out: their ΔW is taken dense."""
+    out = {}
+    for name, layer in _lora_layers(model).items():
+        active = [a for a in layer.active_adapters if a in layer.lora_A]
+        if layer.merged or layer.fan_in_fan_out or not active or any(a in layer.lora_variant for a in active):
+            continue
+        with torch.no_grad():
+            B = torch.cat([layer.lora_B[a].weight.float() * layer.scaling[a] for a in active], 1)
+            A = torch.cat([layer.lora_A[a].weight.float() for a in active], 0)
+        out[name] = (B, A)
+    return out
+
+
 def weight_deltas(base_model: nn.Module, tuned: nn.Module) -> dict[str, Delta]:
     """(W_base, ΔW) for every linear weight of the transformer blocks, by name ('layers.3.self_attn.q_proj').
 
@@ -203,6 +220,20 @@ def singular_values(mats: list[torch.Tensor], method: str = "svd") -> list[torch
     return out  # type: ignore[return-value]
 
 
+def low_rank_singular_values(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending, float32) of B @ A (m x r times r x n), padded with zeros to min(m, n).
+    With B = Q_B R_B and Aᵀ = Q_A R_A, B A = Q_B (R_B R_Aᵀ) Q_Aᵀ, so they are exactly those of the r x r
+    matrix R_B R_Aᵀ: two thin QRs and an r x r SVD instead of an SVD (or Gram eigenvalues) of m x n."""
+    full, r = min(B.shape[0], A.shape[1]), B.shape[1]
+    if r >= full:
+        return torch.linalg.svdvals(tall(B.float() @ A.float()))
+    with torch.no_grad():
+        rb = torch.linalg.qr(B.double(), mode="r")[1]
+        ra = torch.linalg.qr(A.double().T, mode="r")[1]
+        s = torch.linalg.svdvals(rb @ ra.T).float()
+    return torch.cat([s, s.new_zeros(full - r)])
+
+
 def rank_at(singular_values: torch.Tensor, fraction: float = 0.9) -> int:
     """Smallest r with Σ_{i≤r} σ_i² ≥ fraction · Σ σ² (the paper's criterion); 0 for a zero matrix."""
     if not 0 < fraction <= 1:
@@ -225,6 +256,7 @@ def spectrum(
     keep_singular_values: bool = False,
     method: str = "svd",
     seed: int = 0,
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[dict]:
     """One row per module: rank@fraction of ΔW (also as a fraction of full rank), its Frobenius norm,
     and optionally the same rank for the base W (`base`, one more SVD per module) and for a Gaussian
@@ -232,10 +264,15 @@ def spectrum(
     reference depends only on the shape: one seeded draw per distinct shape (5 in a Llama block),
     whose rank varies by about ±1 between draws. Switch `base` off when only ΔW matters (the base
     W's statistic is the same for every checkpoint).
-    `keep_singular_values` adds ΔW's singular values (a list, descending) for plots."""
+    `keep_singular_values` adds ΔW's singular values (a list, descending) for plots. `factors` (from
+    `lora_factors`) gives the low-rank ΔW's singular values exactly from their factors, whatever `method`."""
     names = list(deltas)
     dws = [deltas[n][1] for n in names]
-    s_delta = singular_values(dws, method)
+    factors = factors or {}
+    dense = [n for n in names if n not in factors]
+    by_name = dict(zip(dense, singular_values([deltas[n][1] for n in dense], method)))
+    by_name.update({n: low_rank_singular_values(*factors[n]) for n in names if n in factors})
+    s_delta = [by_name[n] for n in names]
     s_base = singular_values([deltas[n][0] for n in names], method) if base else None
     s_rand = None
     if random:

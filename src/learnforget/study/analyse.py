@@ -30,10 +30,10 @@ from .gather import base_results, mark_best, run_row
 from .plan import PlannedRun, diversity_task
 
 
-def _spectrum_rows(deltas: dict, rid: str, tokens: int, method: str) -> list[dict]:
+def _spectrum_rows(deltas: dict, factors: dict, rid: str, tokens: int, method: str) -> list[dict]:
     from ..analysis import spectrum
 
-    rows = spectrum.spectrum(deltas, fraction=cache.FRACTION, base=False, random=False, method=method)
+    rows = spectrum.spectrum(deltas, fraction=cache.FRACTION, base=False, random=False, method=method, factors=factors)
     return [{"run_id": rid, "tokens": tokens, "module": r["module"], "module_type": r["type"], "layer": r["layer"],
              "rank90": r["rank"], "full_rank": r["full_rank"], "delta_fro": r["delta_fro"]} for r in rows]
 
@@ -102,7 +102,7 @@ def _weights(study: Study, root: Path, base, todo: list) -> None:
                   f"{len(bad)} matrices (e.g. {bad[0]}); the run diverged", flush=True)
             continue
         if an.spectrum:
-            cache.cached(cache.spectrum_path(root, an, r.id, ck), lambda: {"rows": _spectrum_rows(deltas, r.id, tokens, an.svd)})
+            cache.cached(cache.spectrum_path(root, an, r.id, ck), lambda: {"rows": _spectrum_rows(deltas, spectrum.lora_factors(tuned), r.id, tokens, an.svd)})
         if an.intruders:
             cache.cached(cache.intruders_path(root, an, r.id, ck), lambda: {"rows": _intruder_rows(deltas, r.id, tokens, an, base_U)})
         print(f"[study] analysis {i}/{len(todo)}: spectrum/intruders of {Path(r.config.out).name}/{ck.name} "

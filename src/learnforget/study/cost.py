@@ -122,8 +122,9 @@ def study_seconds(study: Study, runs: list[PlannedRun], rows: list[dict], clock)
     training = max(sum(runs_s) / workers, max(runs_s, default=0.0))
     an, analysis = study.analysis, 0.0
     if an is not None and (an.spectrum or an.intruders):
-        n = sum(len(r.config.train.checkpoints) if an.checkpoints == "all" else 1 for r in runs)
-        analysis = clock.load + (clock.analysis_first + (n - 1) * clock.analysis if n else 0.0)
+        per_run = [(len(r.config.train.checkpoints) if an.checkpoints == "all" else 1)
+                   * clock.analysis.get(clock.kinds.get(r.id), 0.0) for r in runs]
+        analysis = clock.load + clock.analysis_first + sum(per_run) if clock.analysis else 0.0
     return {"base model held-out": base, "training": training, "analysis": analysis, "total": base + training + analysis}
 
 
@@ -146,5 +147,6 @@ def print_plan(rows: list[dict], split: dict[str, float] | None = None, clock=No
     print(f"  measured just now with {clock.threads} thread(s) a run at {clock.precision}: a training row of each kind "
           f"({steps}), a held-out row {clock.score_row * 1e3:.0f} ms, a model load {clock.load:.1f} s, a checkpoint write "
           + ", ".join(f"{k} {v:.1f} s" for k, v in clock.save.items())
-          + (f", the analysis of a checkpoint {clock.analysis:.1f} s (the first {clock.analysis_first:.1f} s)" if clock.analysis else "")
+          + (", the analysis of a checkpoint " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.analysis.items())
+             + f" (and the base's singular vectors once, {clock.analysis_first:.1f} s)" if clock.analysis else "")
           + "; expected error about +-20% (runs in parallel share memory bandwidth; the machine's load varies)")

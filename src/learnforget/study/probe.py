@@ -37,8 +37,8 @@ class Clock:
     row: dict[str, float]  # per kind of run: one training row (micro_batch rows a forward/backward, plus the step)
     save: dict[str, float]  # per kind of run: one checkpoint write
     score_row: float  # one held-out row scored (loss, KL, entropy)
-    analysis_first: float = 0.0  # spectrum + intruders of the first checkpoint (the base's vectors, once)
-    analysis: float = 0.0  # ... of each later one
+    analysis_first: float = 0.0  # the base weights' singular vectors (intruders), once a study
+    analysis: dict[str, float] = field(default_factory=dict)  # per kind of run: spectrum + intruders of a checkpoint
     kinds: dict[str, str] = field(default_factory=dict)  # run id -> its kind
 
 
@@ -58,7 +58,6 @@ def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
     """Time each kind of run of `runs` for a few steps; restores torch's thread count after."""
 
     from .. import checkpoint, models
-    from ..analysis import spectrum
     from ..cpu import onednn
     from ..cpu import precision as hw
     from ..data.corpora import Corpus
@@ -68,7 +67,6 @@ def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
     from ..train.heldout import heldout_sets
     from ..train.acceleration import accelerator
     from ..train.save import save_checkpoint
-    from .analyse import _intruder_rows, _spectrum_rows
 
     before, tmp = torch.get_num_threads(), Path(tempfile.mkdtemp(prefix="learnforget-probe-"))
     torch.set_num_threads(threads)
@@ -119,21 +117,35 @@ def measure(study: Study, runs: list[PlannedRun], threads: int) -> Clock:
             score_row = min(_timed(lambda: score(base, ids[:n], labels[:n], tok.eos_token_id, n, reference=ref)) for _ in range(2)) / n
         clock = Clock(threads, precision, load, data, rows, save, score_row, kinds=kinds)
         an = study.analysis
-        if an is not None and (an.spectrum or an.intruders) and "full" in save:
-            ck = checkpoint.complete(tmp / "full")[-1]
-
-            def analyse(base_U):
-                deltas = spectrum.weight_deltas(base, checkpoint.load(base, ck, merge=False))
-                if an.spectrum:
-                    _spectrum_rows(deltas, "probe", 0, an.svd)
-                if an.intruders:
-                    _intruder_rows(deltas, "probe", 0, an, base_U)
-            shared: dict = {}
-            clock.analysis_first, clock.analysis = _timed(lambda: analyse(shared)), _timed(lambda: analyse(shared))
+        if an is not None and (an.spectrum or an.intruders):
+            _time_analysis(clock, an, base, {k: checkpoint.complete(tmp / k)[-1] for k in save})
         return clock
     finally:
         torch.set_num_threads(before)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _time_analysis(clock: Clock, an, base, checkpoints: dict) -> None:
+    """The analysis stage's clock: the base's singular vectors once, then one checkpoint of each kind of run
+    (a LoRA update's spectrum comes from its factors: far cheaper than full fine-tuning's)."""
+    from .. import checkpoint
+    from ..analysis import intruders, spectrum
+    from .analyse import _intruder_rows, _spectrum_rows
+
+    shared: dict = {}
+    if an.intruders:
+        whole = {n: (w, w) for n, w in spectrum.block_linear_weights(base).items()}  # base_vectors reads W only
+        clock.analysis_first = _timed(lambda: shared.update(intruders.base_vectors(whole)))
+
+    def analyse(ck):
+        tuned = checkpoint.load(base, ck, merge=False)
+        deltas = spectrum.weight_deltas(base, tuned)
+        if an.spectrum:
+            _spectrum_rows(deltas, spectrum.lora_factors(tuned), "probe", 0, an.svd)
+        if an.intruders:
+            _intruder_rows(deltas, "probe", 0, an, shared)
+    for k, ck in checkpoints.items():
+        clock.analysis[k] = _timed(lambda: analyse(ck))
 
 
 def local(model: str) -> bool:

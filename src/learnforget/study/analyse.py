@@ -101,8 +101,9 @@ def _weights(study: Study, root: Path, base, todo: list) -> None:
             print(f"[study] analysis: skipping {Path(r.config.out).name}/{ck.name}: its update has NaN/inf in "
                   f"{len(bad)} matrices (e.g. {bad[0]}); the run diverged", flush=True)
             continue
-        if an.spectrum:
-            cache.cached(cache.spectrum_path(root, an, r.id, ck), lambda: {"rows": _spectrum_rows(deltas, spectrum.lora_factors(tuned), r.id, tokens, an.svd)})
+        if an.spectrum:  # a LoRA update's singular values come from its factors: exact, and r x r
+            factors = spectrum.lora_factors(tuned)
+            cache.cached(cache.spectrum_path(root, an, r.id, ck), lambda: {"rows": _spectrum_rows(deltas, factors, r.id, tokens, an.svd)})
         if an.intruders:
             cache.cached(cache.intruders_path(root, an, r.id, ck), lambda: {"rows": _intruder_rows(deltas, r.id, tokens, an, base_U)})
         print(f"[study] analysis {i}/{len(todo)}: spectrum/intruders of {Path(r.config.out).name}/{ck.name} "

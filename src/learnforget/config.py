@@ -51,11 +51,26 @@ class DataSpec:
     response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
     streaming: Optional[bool] = _help("read the corpus as a stream (data.stream: memory independent of its size, a token "
                                       "budget) instead of whole into memory; null: stream local corpora over 1 GiB", default=None)
+    chunk_chars: int = _help("CPT: cut each training document into pieces of about this many characters (at line ends) before "
+                             "the seeded shuffle, so that even a short budget trains on many documents, not the first one or "
+                             "two of the order (the demo: 4,096 tokens from one file whole, from ~30 in pieces); 0 = whole documents", default=0)
+    heldout_docs: int = _help("held-out sets as documents drawn at random: this many held-out documents per set (seed heldout_seed), "
+                              "a window of eval_tokens / heldout_docs tokens from each, so a set samples the domain at a flat cost; "
+                              "0 = the first eval_tokens of held-out text in id order", default=0)
+    heldout_selection: float = _help("with heldout_docs: the fraction of the target documents scored apart as the selection set "
+                                     "('select'), which alone chooses learning rates and flags failed runs; the verdicts read the "
+                                     "rest ('target'), so no verdict's data chose a learning rate", default=0.0)
+    heldout_seed: int = _help("seed of the held-out documents drawn (heldout_docs): fixed per study, the same for every run", default=0)
 
     def __post_init__(self):
         check_fields(self, "data.")
         _need(self.seq_len >= 8, f"data.seq_len: must be at least 8, got {self.seq_len}")
         _need(0.0 <= self.heldout_fraction < 1.0, f"data.heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
+        _need(self.chunk_chars >= 0, f"data.chunk_chars: an integer >= 0, got {self.chunk_chars}")
+        _need(self.heldout_docs >= 0, f"data.heldout_docs: an integer >= 0, got {self.heldout_docs}")
+        _need(0.0 <= self.heldout_selection < 1.0, f"data.heldout_selection: a fraction in [0, 1), got {self.heldout_selection}")
+        _need(self.heldout_selection == 0 or self.heldout_docs >= 2,
+              f"data.heldout_selection: needs heldout_docs >= 2 (documents to split), got {self.heldout_docs}")
 
 
 @dataclass
@@ -172,6 +187,10 @@ class Experiment:
     response_field: str = _help("JSONL/hub field with the response (IFT)", default="response")
     tokens_per_epoch: Optional[int] = _help("for an epoch budget: the dataset's size in tokens, used only by --dry-run", default=None)
     streaming: Optional[bool] = _help("read the data as a stream (as data.streaming); null: stream local corpora over 1 GiB", default=None)
+    chunk_chars: int = _help("cut training documents into pieces of about this many characters before the shuffle (as data.chunk_chars)", default=0)
+    heldout_docs: int = _help("held-out documents drawn per set, a window of heldout_tokens / heldout_docs each (as data.heldout_docs); "
+                              "0 = the first heldout_tokens of held-out text", default=0)
+    heldout_selection: float = _help("fraction of the target held-out documents that only choose learning rates (as data.heldout_selection)", default=0.0)
 
     def __post_init__(self):
         check_fields(self, "experiment.")
@@ -285,6 +304,17 @@ class ForecastSpec:
 
 
 @dataclass
+class SearchSpec:
+    """The `search:` mapping of a study YAML: learning rates chosen apart from the verdicts."""
+
+    seed: int = _help("the seed the learning-rate grids train with; it is not one of `seeds`, so no verdict run was a "
+                      "candidate in the choice (no winner's curse)", default=0)
+
+    def __post_init__(self):
+        check_fields(self, "search.")
+
+
+@dataclass
 class Study:
     name: str = _help("study name: its folder under --out")
     model: str = _help("base model of every run (as train --model)")
@@ -292,7 +322,11 @@ class Study:
     methods: list[dict] = _help("each a MethodConfig grid (list values expand) plus `lr: [..]` and optional train overrides")
     train: dict = _help("TrainConfig defaults for every run", default_factory=dict)
     eval: EvalSpec = _help("benchmark tasks and held-out losses", default_factory=EvalSpec)
-    seeds: list[int] = _help("training seeds: every run of the grid once per seed", default_factory=lambda: [0])
+    seeds: list[int] = _help("training seeds: every run of the grid once per seed; with `search`, each method at its chosen "
+                             "learning rate once per seed (the verdict runs). A seed fixes the data order, so methods pair by seed", default_factory=lambda: [0])
+    search: Optional[SearchSpec] = _help("optional: each methods entry's lr grid trains on search.seed alone, each method's rate is "
+                                         "chosen on the selection held-out documents, then the chosen rate trains with every seed "
+                                         "(null: the whole grid with every seed)", default=None)
     seq_len: int = _help("tokens per training row", default=512)
     executor: ExecutorSpec = _help("local workers, or resources per run for --executor ray", default_factory=ExecutorSpec)
     analysis: Optional[AnalysisSpec] = _help("optional: spectrum, intruders, diversity (study/analyse.py)", default=None)
@@ -300,6 +334,9 @@ class Study:
 
     def __post_init__(self):
         check_fields(self)
+        _need(len(set(self.seeds)) == len(self.seeds) and bool(self.seeds), f"seeds: distinct integers, at least one, got {self.seeds}")
+        _need(self.search is None or self.search.seed not in self.seeds,
+              f"search.seed: {self.search.seed if self.search else ''} is also in seeds {self.seeds}; the learning-rate search needs a seed of its own")
 
 
 # ----------------------------------------------------------------------------- advise (learnforget advise)

@@ -6,12 +6,19 @@ is one unit per row). A system's value is a ratio of sums, sum(score) / sum(coun
 token-weighted mean for losses and the plain mean for items; a signal over several tasks is the mean
 of its tasks' values. With several seeds, a unit's score is given per seed.
 
-The bootstrap resamples seeds, then units (hierarchical): seeds with replacement per system (a
-system's seeds are independent runs), units with one index matrix per (unit set, unit count), drawn
-from a seeded generator and applied to *every* system. So the difference of two systems' resampled
-values is a paired bootstrap of their difference, and any function of several systems' values (a
-spread over learning rates, an interpolation at matched learning) is resampled jointly, replicate by
-replicate.
+Each replicate draws the two sources of noise a verdict must cover (DESIGN.md §2):
+  - seeds: a seed fixes the data order for every system, so systems pair by seed. Replicate b weighs the
+    S seeds by w_b = 1/S + (z_b - mean z_b) * t_b / sqrt(S (S - 1)), z_b standard normal and t_b =
+    sqrt((S-1) / chi2_{S-1}); the same weights for every system with those seeds (one seed draw per
+    replicate, shared by all signals and checkpoints). For any paired difference d_s this gives
+    sum_s w_s d_s - mean(d) = s_d / sqrt(S) * T with T ~ Student t, S - 1 degrees of freedom: the
+    percentile interval is the t interval of the seed-to-seed spread, calibrated at S = 3..5 where
+    resampling seeds with replacement is far too narrow (tests/test_calibration.py);
+  - units: one index matrix per (unit set, unit count), drawn from a seeded generator and applied to
+    *every* system, so differences are paired over the same documents or items.
+So the difference of two systems' replicates is a paired interval of their difference, and any function of
+several systems' values (a spread over learning rates, an interpolation at matched learning) is resampled
+jointly, replicate by replicate.
 
 A difference is decided in one of four ways (oriented so that positive supports the claim):
 reproduced (95% interval above 0), not reproduced (below 0), equivalent (inside +-margin: the two
@@ -33,8 +40,9 @@ LEVEL = 0.95
 Z = 1.96
 Z_POWER = 1.96 + 0.84  # two-sided 5% test with 80% power: the smallest detectable difference is 2.8 standard errors
 
-REPRODUCED, NOT_REPRODUCED, EQUIVALENT, NOT_SIGNIFICANT, NOT_RUN = (
-    "reproduced", "not reproduced", "equivalent", "not significant", "not run")
+REPRODUCED, NOT_REPRODUCED, EQUIVALENT, NOT_SIGNIFICANT, NOT_RUN, ONE_RUN = (
+    "reproduced", "not reproduced", "equivalent", "not significant", "not run", "one run")
+DECIDED = (REPRODUCED, NOT_REPRODUCED, EQUIVALENT)
 
 
 @lru_cache(maxsize=256)
@@ -47,9 +55,21 @@ def unit_indices(key: str, n: int, n_boot: int = N_BOOT) -> np.ndarray:
 
 @lru_cache(maxsize=1024)
 def seed_indices(key: str, n: int, n_boot: int = N_BOOT) -> np.ndarray:
-    """(n_boot, n) seed indices for one system's `n` seeds (`key` names the system and unit set)."""
+    """(n_boot, n) seed indices drawn with replacement (advise's forecasts resample their pilots' seeds this way)."""
     rng = np.random.default_rng(SEED + 1 + zlib.crc32(f"seeds:{key}:{n}".encode()))
     return rng.integers(0, n, size=(n_boot, n), dtype=np.int32)
+
+
+@lru_cache(maxsize=1024)
+def seed_weights(seeds: tuple, n_boot: int = N_BOOT) -> np.ndarray:
+    """(n_boot, S) weights of S seeds per replicate (module docstring): a multivariate t draw around 1/S whose weighted
+    mean of any per-seed values spreads as their t interval. Keyed by the seeds, so systems with the same seeds get the
+    same weights (paired by seed) and systems with other seeds independent ones."""
+    S = len(seeds)
+    rng = np.random.default_rng(SEED + 1 + zlib.crc32(f"seeds:{seeds}".encode()))
+    z = rng.standard_normal((n_boot, S))
+    t = np.sqrt((S - 1) / rng.chisquare(S - 1, size=(n_boot, 1)))
+    return 1.0 / S + (z - z.mean(1, keepdims=True)) * t / np.sqrt(S * (S - 1))
 
 
 @dataclass(frozen=True)
@@ -60,15 +80,25 @@ class Units:
     key: str  # the unit set: a task name, or a held-out set such as "general"
     scores: np.ndarray
     counts: np.ndarray
-    system: str = ""  # names the system for its seed resampling
+    system: str = ""  # names the system
+    seeds: tuple = ()  # the seed of each row of scores (rows in this order pair with other systems'); () = 0, 1, ...
 
     @staticmethod
-    def of(key: str, scores, counts=None, system: str = "") -> "Units":
+    def of(key: str, scores, counts=None, system: str = "", seeds: tuple = ()) -> "Units":
         s = np.atleast_2d(np.asarray(scores, float))
         c = np.ones(s.shape[1]) if counts is None else np.asarray(counts, float)
         if c.shape != (s.shape[1],):
             raise ValueError(f"{key}: {s.shape[1]} unit scores but {c.shape} counts")
-        return Units(key, s, c, system)
+        if seeds and len(seeds) != s.shape[0]:
+            raise ValueError(f"{key}: {s.shape[0]} rows of scores but seeds {seeds}")
+        return Units(key, s, c, system, tuple(seeds))
+
+    def without_seed(self, seed: int) -> "Units":
+        """The same measurement with one seed's row left out (a system without that seed is returned as it is)."""
+        if seed not in self.seeds or len(self.seeds) < 2:
+            return self
+        keep = [i for i, s in enumerate(self.seeds) if s != seed]
+        return Units(self.key, self.scores[keep], self.counts, self.system, tuple(self.seeds[i] for i in keep))
 
     @property
     def value(self) -> float:
@@ -78,8 +108,7 @@ class Units:
         """(N_BOOT,) resampled values: seeds (if more than one and `seeds`), then units."""
         n_s, n_u = self.scores.shape
         if n_s > 1 and seeds:
-            pick = seed_indices(f"{self.system}|{self.key}", n_s)  # (B, S)
-            per_unit = self.scores[pick].mean(1)  # (B, U): each replicate's seed mean per unit
+            per_unit = seed_weights(self.seeds or tuple(range(n_s))) @ self.scores  # (B, U): each replicate's seed mean per unit
         else:
             per_unit = np.broadcast_to(self.scores.mean(0), (N_BOOT, n_u))
         idx = unit_indices(self.key, n_u)
@@ -120,6 +149,7 @@ class Decision:
     margin: float | None = None
     detectable: float | None = None  # smallest difference this study could detect (80% power), from the bootstrap SE
     seed_share: float | None = None  # fraction of the interval's variance that is seed noise (None: one seed)
+    p: float | None = None  # two-sided p-value of "no difference" from the replicates (the family rules adjust it)
 
     def note(self) -> str:
         """What a reader needs besides the interval: the margin test, the detectable difference, seed noise."""
@@ -151,7 +181,37 @@ def decide(d: np.ndarray, estimate: float, margin: float, d_units_only: np.ndarr
     if d_units_only is not None:
         v_all, v_units = float(np.var(d)), float(np.var(d_units_only))
         share = max(0.0, 1.0 - v_units / v_all) if v_all > 0 else 0.0
-    return Decision(verdict, float(estimate), (lo, hi), margin, float(Z_POWER * np.std(d)), share)
+    return Decision(verdict, float(estimate), (lo, hi), margin, float(Z_POWER * np.std(d)), share, p_value(d))
+
+
+def p_value(d: np.ndarray) -> float:
+    """Two-sided p-value of 0 from replicates of a difference: twice the smaller tail at 0, (count + 1) / (B + 1)."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return 1.0
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    return float(min(1.0, 2 * (tail + 1) / (len(d) + 1)))
+
+
+def holm(ps: list[float], alpha: float = 1 - LEVEL) -> list[bool]:
+    """Holm's step-down: which of a family's hypotheses are rejected with family-wise error at most alpha."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out = [False] * len(ps)
+    for k, i in enumerate(order):
+        if ps[i] > alpha / (len(ps) - k):
+            break
+        out[i] = True
+    return out
+
+
+def benjamini_hochberg(ps: list[float], q: float = 1 - LEVEL) -> list[bool]:
+    """Benjamini-Hochberg: which hypotheses are rejected with false-discovery rate at most q."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    last = max((k for k, i in enumerate(order, 1) if ps[i] <= q * k / m), default=0)
+    rank = {i: k for k, i in enumerate(order, 1)}
+    return [rank[i] <= last for i in range(m)]
 
 
 def compare(better: Signal, worse: Signal, margin: float, higher_better: bool) -> Decision:

@@ -54,6 +54,8 @@ class Corpus:
             first = min(self.train, key=lambda x: sources.id_hash(x.id))
             self.train.remove(first)
             self.heldout.append(first)
+        if spec.chunk_chars and spec.regime == "cpt":  # after the split: a held-out document stays whole and unseen
+            self.train = [p for d in self.train for p in pieces(d, spec.chunk_chars)]
 
     # -- tokenization ------------------------------------------------------------------------
     def encode(self, item) -> tuple[list[int], list[int]]:
@@ -100,7 +102,24 @@ class Corpus:
             yield [next(stream) for _ in range(rows_per_step)][mine]
 
     def describe(self) -> str:
-        return f"{len(self.train)} train / {len(self.heldout)} held-out documents"
+        what = "pieces" if self.spec.chunk_chars and self.spec.regime == "cpt" else "documents"
+        return f"{len(self.train)} train {what} / {len(self.heldout)} held-out documents"
+
+    def documents(self, seed: int, rows: int) -> int:
+        """How many distinct documents (a piece counts as its document) the first `rows` training rows draw tokens from."""
+        L, need, seen, epoch = self.spec.seq_len, rows * self.spec.seq_len, set(), 0
+        while need > 0 and self.train:
+            order = list(self.train)
+            random.Random(seed + epoch).shuffle(order)
+            for item in order:
+                seen.add(item.id.split(PIECE)[0])
+                need -= len(self.encode(item)[0])
+                if need <= 0:
+                    break
+            epoch += 1
+            if epoch > rows * L:  # a corpus of empty documents: train_rows raises on it
+                break
+        return len(seen)
 
     def check_train(self) -> None:
         """Raise now what train_rows would raise at the first step: no training document, or too little text."""
@@ -159,6 +178,82 @@ class Corpus:
         return ids, labels
 
 
+    def heldout_sample(self, max_tokens: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Held-out sets of documents drawn at random (data.heldout_docs, seed data.heldout_seed): {"target": ...} and,
+        with data.heldout_selection, {"select": ...}, the selection documents apart. Each document gives one window of
+        w tokens at a seeded offset, after an EOS (so every window is scored from the same kind of context and
+        is one unit, heldout.units_of); w is the largest divisor of seq_len not above max_tokens / heldout_docs, and
+        windows are packed seq_len / w to a row. Documents shorter than a window are not drawn."""
+        spec = self.spec
+        n, L = spec.heldout_docs, spec.seq_len
+        w = max(d for d in range(2, L + 1) if L % d == 0 and d <= max(2, max_tokens // n))
+        order = sorted(self.heldout, key=lambda x: x.id)
+        rng = random.Random(spec.heldout_seed)
+        rng.shuffle(order)
+        windows = []
+        for item in order:
+            ids, labels = self.encode(item)
+            ids, labels = ids[:-1] if spec.regime == "cpt" else ids, labels[:-1] if spec.regime == "cpt" else labels  # no closing EOS
+            if sum(x != IGNORE for x in labels) < w - 1:
+                continue
+            start = rng.randrange(0, len(ids) - (w - 1) + 1)
+            windows.append(([self.tok.eos_token_id] + ids[start:start + w - 1], [IGNORE] + labels[start:start + w - 1]))
+            if len(windows) == n:
+                break
+        if len(windows) < n:
+            raise UserError(f"{spec.source}: data.heldout_docs {n}: only {len(windows)} held-out documents have {w - 1} tokens or "
+                            f"more ({len(self.heldout)} held out at heldout_fraction {spec.heldout_fraction:g}); raise the fraction "
+                            f"or lower heldout_docs")
+        k = round(n * spec.heldout_selection)
+        parts = {"target": windows[k:], **({"select": windows[:k]} if k else {})}
+        return {name: _pack(ws, w, L, self.tok.eos_token_id) for name, ws in parts.items()}
+
+
+PIECE = "#"  # a piece's id is its document's id, PIECE, and its index
+
+
+def pieces(doc, chars: int) -> list:
+    """A document cut at line ends into pieces of at least `chars` characters (the last may be shorter)."""
+    out, buf, size = [], [], 0
+    for line in doc.text.splitlines(keepends=True):
+        buf.append(line)
+        size += len(line)
+        if size >= chars:
+            out.append("".join(buf))
+            buf, size = [], 0
+    if buf:
+        out.append("".join(buf))
+    return [sources.Doc(f"{doc.id}{PIECE}{i}", t) for i, t in enumerate(out) if t.strip()]
+
+
+def _pack(windows: list, w: int, L: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of w tokens, L // w to a row; the last row filled with EOS that is never scored."""
+    per = L // w
+    ids, labels = [], []
+    for i in range(0, len(windows), per):
+        chunk = windows[i:i + per]
+        row_ids = [t for a, _ in chunk for t in a] + [eos] * (w * (per - len(chunk)))
+        row_labels = [t for _, b in chunk for t in b] + [IGNORE] * (w * (per - len(chunk)))
+        ids.append(row_ids)
+        labels.append(row_labels)
+    return torch.tensor(ids), torch.tensor(labels)
+
+
+def corpus_hash(spec: DataSpec) -> str:
+    """Content hash of a corpus (every document's id and text, in id order): two machines with the same hash
+    trained and scored on the same text (the embedded python-code corpus is the running Python's standard library)."""
+    import hashlib
+
+    items = sources.load_docs(spec.source, spec.text_field) if spec.regime == "cpt" else \
+        sources.load_records(spec.source, spec.prompt_field, spec.response_field)
+    h = hashlib.sha256()
+    for x in sorted(items, key=lambda x: x.id):
+        for part in (x.id, *((x.text,) if spec.regime == "cpt" else (x.prompt, x.response))):
+            h.update(part.encode("utf-8", "replace"))
+            h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def encode_item(spec: DataSpec, tok, item) -> tuple[list[int], list[int]]:
     """Tokens and labels of one document (CPT: every token, then EOS) or prompt/response record (IFT)."""
     if spec.regime == "cpt":
@@ -188,7 +283,10 @@ def encode_pair(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
 
 def heldout_set(source: str, tokenizer, seq_len: int, max_tokens: int, regime: str | None = None,
                 heldout_fraction: float = 0.05, **fields) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, labels) of held-out rows of a corpus: the target/general-text loss signal."""
+    """(input_ids, labels) of held-out rows of a corpus: the target/general-text loss signal (with `heldout_docs`
+    in fields: documents drawn at random, Corpus.heldout_sample, no selection part)."""
     regime = regime or sources.regime_of(source) or "cpt"
     corpus = Corpus(DataSpec(source, regime, seq_len, heldout_fraction, **fields), tokenizer, own_fraction=False)
+    if corpus.spec.heldout_docs:
+        return corpus.heldout_sample(max_tokens)["target"]
     return corpus.heldout_rows(max_tokens)

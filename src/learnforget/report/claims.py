@@ -128,11 +128,71 @@ def _entropy(row: Finding) -> Finding:
     return row
 
 
+MIN_SEEDS = 3  # fewer training seeds: a row describes runs, not methods (its interval cannot hold seed noise honestly)
+SWEEP_CLAIMS = "ehi"  # read the learning-rate sweeps (one search seed in a study with a search), not the verdict runs
+PRIMARY = "ab"  # per experiment: learning and forgetting, full fine-tuning vs LoRA, each at its chosen learning rate
+
+
 def findings(A: Analysis) -> list[Finding]:
-    """All findings (a)-(g), in order."""
-    for s in A.series:
+    """All findings (a)-(k), in order; primary rows under Holm per experiment, the rest under Benjamini-Hochberg,
+    primary rows checked with each seed left out."""
+    for s in {id(s): s for s in A.series + A.best}.values():
         s.learned = learned(A, s)
-    rows = _a_b(A) + _c(A) + _d_e(A) + spectrum(A) + diversity(A) + regret(A)
+    primary = families(A, _a_b(A))
+    rows = primary + _c(A) + _d_e(A) + spectrum(A) + diversity(A) + regret(A)
     have = {r.claim for r in rows}
     rows += [Finding(c, "all", "", "", stats.NOT_RUN, numbers="no full and LoRA runs in the same experiment") for c in "abde" if c not in have]
+    families(A, [r for r in rows if r.claim not in PRIMARY])
+    for seed in sorted({x for s in A.best for x in s.seeds}) if min((len(s.seeds) for s in A.best), default=0) >= MIN_SEEDS else []:
+        again = families(without_seed(A, seed), _a_b(without_seed(A, seed)), few=False)
+        for r, o in zip(primary, again):
+            if r.verdict != o.verdict:
+                r.stable = False
+                r.note = "; ".join(x for x in (r.note, f"without seed {seed}: {o.verdict}") if x)
+            elif r.stable is None:
+                r.stable = True
     return sorted(rows, key=lambda r: r.claim)
+
+
+def families(A: Analysis, rows: list[Finding], few: bool = True) -> list[Finding]:
+    """Each row's family, seeds and multiplicity-adjusted verdict. Primary rows (claims a, b) are one family per
+    experiment under Holm's step-down (family-wise error at most 5%); the others one family under Benjamini-Hochberg
+    (false-discovery rate at most 5%). A decided direction not rejected by its family's rule becomes not significant.
+    A row resting on fewer than MIN_SEEDS seeds is 'one run': an interval, not a verdict about the methods (`few`:
+    not for the leave-one-seed-out refits, which are compared verdict for verdict)."""
+    for r in rows:
+        r.family = "primary" if r.claim in PRIMARY else "exploratory"
+        pool = A.series if r.claim in SWEEP_CLAIMS else A.best
+        r.seeds = min((len(s.seeds) for s in pool if r.group in (s.group, "all")), default=0)
+    groups: dict[tuple, list[Finding]] = {}
+    for r in rows:
+        if r.p is not None and r.verdict in (stats.REPRODUCED, stats.NOT_REPRODUCED, stats.EQUIVALENT, stats.NOT_SIGNIFICANT):
+            groups.setdefault((r.family, r.group if r.family == "primary" else ""), []).append(r)
+    for (family, _), rs in groups.items():
+        rule = stats.holm if family == "primary" else stats.benjamini_hochberg
+        for r, ok in zip(rs, rule([r.p for r in rs])):
+            if not ok and r.verdict in (stats.REPRODUCED, stats.NOT_REPRODUCED):
+                r.note = "; ".join(x for x in (r.note, f"interval clear of 0 but p = {r.p:.3g} is not below its "
+                                   f"{'Holm' if family == 'primary' else 'Benjamini-Hochberg'} threshold") if x)
+                r.verdict = stats.NOT_SIGNIFICANT
+    for r in rows:
+        if few and 0 < r.seeds < MIN_SEEDS and r.verdict != stats.NOT_RUN:
+            r.note = "; ".join(x for x in (r.note, f"{r.seeds} seed{'s' * (r.seeds > 1)}: on these runs {r.verdict}") if x)
+            r.verdict = stats.ONE_RUN
+    return rows
+
+
+def without_seed(A: Analysis, seed: int) -> Analysis:
+    """The analysis with one training seed's runs left out of every series."""
+    from dataclasses import replace
+
+    from .schema import Point
+
+    def point(p: Point) -> Point:
+        return Point(p.tokens, p.flops, {k: u.without_seed(seed) for k, u in p.tasks.items()},
+                     {k: u.without_seed(seed) for k, u in p.heldout.items()})
+
+    def ser(s):
+        return replace(s, seeds=[x for x in s.seeds if x != seed] or s.seeds, points=[point(p) for p in s.points])
+
+    return replace(A, series=[ser(s) for s in A.series], best=[ser(s) for s in A.best])

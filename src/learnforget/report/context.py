@@ -87,10 +87,14 @@ def analyse(res: dict) -> Analysis:
     """The typed view of a validated results dict."""
     learning = dict(res["tasks"]["learning"])
     tasks = _tasks(res, learning)
-    ss = series(res)
-    groups = sorted({s.group for s in ss})
+    every = series(res)
+    # The sweeps (lr grids: the search seed's runs, or every run without a search) are `series`; the verdict runs (each
+    # method at its chosen lr, every seed) are `best`, and stand in `series` for a label that was not searched.
+    swept = {(s.group, s.label) for s in every if s.role == "search"}
+    ss = [s for s in every if s.role != "verdict" or (s.group, s.label) not in swept]
+    groups = sorted({s.group for s in every})
     A = Analysis(res, tasks, learning, [t for t in res["tasks"]["paper"] if t in tasks],
-                 [t for t, i in tasks.items() if i.role == "forgetting" and i.status == "above"], ss, [s for s in ss if s.best],
+                 [t for t, i in tasks.items() if i.role == "forgetting" and i.status == "above"], ss, [s for s in every if s.best],
                  groups, {g: base_point(res, g) for g in groups}, {}, {**MARGINS, **res.get("margins", {})})
     A.learn = {g: "metric" if any(A.signal(p, "metric", s.domain) for s in A.best if s.group == g for p in s.points) else "target"
                for g in groups}

@@ -91,6 +91,10 @@ class Finding:
     numbers: str = ""
     rule: str = ""
     note: str = ""
+    p: float | None = None  # two-sided p-value of no difference, before the family's adjustment
+    family: str = "exploratory"  # primary (Holm: family-wise error <= 5% per experiment) | exploratory (Benjamini-Hochberg)
+    seeds: int = 1  # training seeds behind the row: fewer than MIN_SEEDS is one run, not a verdict about the methods
+    stable: bool | None = None  # primary rows: the same verdict with any one seed left out (None: not checked)
 
     @property
     def text(self) -> str:
@@ -103,7 +107,7 @@ class Finding:
 
 
 def _decided(claim, group, comparison, what, dec: stats.Decision, numbers, rule) -> Finding:
-    return Finding(claim, group, comparison, what, dec.verdict, dec.estimate, dec.ci, numbers, rule, dec.note())
+    return Finding(claim, group, comparison, what, dec.verdict, dec.estimate, dec.ci, numbers, rule, dec.note(), dec.p)
 
 
 def _pairs(A: Analysis, a: Series, b: Series, sig: str) -> list[tuple[Point, Point]]:
@@ -228,8 +232,10 @@ def sensitivity(A: Analysis, group: str, full_label: str, lora_label: str, sig: 
 
 
 def learned(A: Analysis, s: Series) -> bool:
-    """A run learned if its final held-out target loss is below the base model's (interval clear of it)."""
-    base, fin = A.signal(A.base[s.group], "target", s.domain), A.signal(s.points[-1], "target", s.domain)
+    """A run learned if its final held-out target loss is below the base model's (interval clear of it), read on the
+    selection documents where the study has them (they, not the verdict documents, rule runs in and out)."""
+    sig = "select" if s.points and A.signal(s.points[-1], "select", s.domain) else "target"
+    base, fin = A.signal(A.base[s.group], sig, s.domain), A.signal(s.points[-1], sig, s.domain)
     if not base or not fin:
         return True  # no base reference: cannot tell, do not withhold the verdicts
     return stats.interval(stats.boot(base) - stats.boot(fin))[0] > 0

@@ -13,7 +13,7 @@ from .figures import spectrum_series, type_key
 from .findings import CLAIMS, RULES, Finding
 
 VERDICT_CLASS = {stats.REPRODUCED: "yes", stats.NOT_REPRODUCED: "no", stats.EQUIVALENT: "eq", stats.NOT_SIGNIFICANT: "ns",
-                 stats.NOT_RUN: "nr"}
+                 stats.NOT_RUN: "nr", stats.ONE_RUN: "nr"}
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}"
        "th{background:#f2f2f2}img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:13px}"

@@ -164,28 +164,33 @@ class Series:
     alpha: float | None = None  # LoRA alpha (absent in results.json: 2 * rank)
     failed: str | None = None  # why the run failed (study.gather.failure): kept out of every verdict
     edge: str | None = None  # best lr at the low / high edge of its grid: the optimum was not bracketed
+    role: str = "grid"  # grid | search (an lr grid on the search seed) | verdict (the chosen lr, every seed)
 
     @property
     def who(self) -> str:
         return f"{self.label} (lr {self.lr:g})"
 
 
-def _heldout_units(key: str, hs: list[dict], system: str) -> dict[str, Units]:
+def _heldout_units(key: str, hs: list[dict], system: str, seeds: tuple) -> dict[str, Units]:
     """Units of one held-out set for the runs of one series (one row of sums per seed)."""
     counts = np.asarray(hs[0]["units"]["tokens"], float)
-    out = {key: Units.of(key, [h["units"]["loss"] for h in hs], counts, system)}
+    out = {key: Units.of(key, [h["units"]["loss"] for h in hs], counts, system, seeds)}
     for k in ("kl", "entropy"):
         if all(k in h["units"] for h in hs):
-            out[f"{k}_{key}"] = Units.of(f"{k}_{key}", [h["units"][k] for h in hs], counts, system)
+            out[f"{k}_{key}"] = Units.of(f"{k}_{key}", [h["units"][k] for h in hs], counts, system, seeds)
     return out
 
 
-def _point(tokens: int, flops: float, cks: list[dict], group: str, system: str) -> Point:
+def _point(tokens: int, flops: float, cks: list[dict], group: str, system: str, seeds: tuple) -> Point:
+    """One checkpoint of a series from its runs' checkpoints `cks`, in the order of `seeds` (every system's rows in
+    seed order: a seed's row pairs with the same seed's row of every other system)."""
     names = [t for t in cks[0]["tasks"] if all(t in c["tasks"] for c in cks)]
-    tasks = {t: Units.of(t, [c["tasks"][t]["items"] for c in cks], system=system) for t in names}
-    held = {**_heldout_units("target", [c["heldout"]["target"] for c in cks], system),
-            **_heldout_units("general", [c["heldout"]["general"] for c in cks], system)}
-    held = {k: Units(_unit_set(group, k), u.scores, u.counts, system) for k, u in held.items()}
+    tasks = {t: Units.of(t, [c["tasks"][t]["items"] for c in cks], system=system, seeds=seeds) for t in names}
+    held = {**_heldout_units("target", [c["heldout"]["target"] for c in cks], system, seeds),
+            **_heldout_units("general", [c["heldout"]["general"] for c in cks], system, seeds)}
+    if all("select" in c["heldout"] for c in cks):
+        held.update(_heldout_units("select", [c["heldout"]["select"] for c in cks], system, seeds))
+    held = {k: Units(_unit_set(group, k), u.scores, u.counts, system, seeds) for k, u in held.items()}
     return Point(tokens, flops, tasks, held)
 
 
@@ -194,7 +199,7 @@ def base_point(res: dict, group: str) -> Point:
     b = res["base"]
     tasks = {t: Units.of(t, tr["items"], system="base") for t, tr in b["tasks"].items()}
     held = {}
-    for key, ref in (("target", group.replace("/", "-")), ("general", "general")):
+    for key, ref in (("target", group.replace("/", "-")), ("general", "general"), ("select", group.replace("/", "-") + ":select")):
         h = b["heldout"].get(ref)
         if h:
             counts = np.asarray(h["units"]["tokens"], float)
@@ -208,17 +213,19 @@ def base_point(res: dict, group: str) -> Point:
 def _unit_set(group: str, k: str) -> str:
     """A held-out unit set's name (its bootstrap indices): per experiment for the target split (its documents), shared
     for general text."""
-    return f"{group}:{k}" if "target" in k else k
+    return f"{group}:{k}" if "target" in k or "select" in k else k
 
 
 def series(res: dict) -> list[Series]:
-    """One series per (regime, domain, label, lr), checkpoints by tokens."""
+    """One series per (regime, domain, label, lr, role), checkpoints by tokens, runs in seed order."""
     groups: dict[tuple, list] = {}
     for r in res["runs"]:
-        groups.setdefault((r["regime"], r["domain"], r["label"], float(r["lr"])), []).append(r)
+        groups.setdefault((r["regime"], r["domain"], r["label"], float(r["lr"]), r.get("role", "grid")), []).append(r)
     out = []
-    for (regime, domain, label, lr), runs in groups.items():
-        group, system = f"{regime}/{domain}", f"{regime}/{domain}|{label}|{lr:g}"
+    for (regime, domain, label, lr, role), runs in groups.items():
+        group, system = f"{regime}/{domain}", f"{regime}/{domain}|{label}|{lr:g}|{role}"
+        runs = sorted(runs, key=lambda r: r["seed"])
+        seeds = tuple(r["seed"] for r in runs)
         by_tok: dict[int, list] = {}
         for r in runs:
             for c in r["checkpoints"]:
@@ -229,7 +236,8 @@ def series(res: dict) -> list[Series]:
                    all(r["best_lr"] for r in runs))
         s.targets, s.alpha = r0.get("targets"), r0.get("alpha") or (2.0 * r0["rank"] if r0["rank"] else None)
         s.failed = next((r["failed"] for r in runs if r.get("failed")), None)
-        s.edge = r0.get("best_lr_edge")
-        s.points = [_point(tok, float(np.mean([c["flops"] for c in cs])), cs, group, system) for tok, cs in sorted(by_tok.items())]
+        s.edge, s.role = r0.get("best_lr_edge"), role
+        s.points = [_point(tok, float(np.mean([c["flops"] for c in cs])), cs, group, system, seeds)
+                    for tok, cs in sorted(by_tok.items()) if len(cs) == len(runs)]  # a checkpoint every seed has
         out.append(s)
     return sorted(out, key=lambda s: (s.group, FAMILY_ORDER[s.family], s.label, s.lr))

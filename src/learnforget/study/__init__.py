@@ -61,18 +61,30 @@ def main(args) -> int:
         (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
         evaluation.base_heldout(study, root, runs)  # before training: the runs score KL against the base's references
     clock["base model"] = time.time()
-    pending = [r for r in runs if plan.status(r.config.out) != "done"]  # before Ray trains them: train_all would find them done
-    if getattr(args, "executor", "local") == "ray":  # pending runs train as Ray tasks; train_all then finds them done
-        from . import executors
-
-        executors.train_ray(runs, study.executor, getattr(args, "ray_address", None))
-    training.train_all(study, runs)
+    pending = [r for r in runs if r.chosen and plan.status(r.config.out) != "done"]  # before training finds them done
+    if study.search is not None:  # stage 1: the learning-rate grids on search.seed, then each method's rate chosen
+        _train(study, [r for r in runs if r.role == "search"], args)
+        chosen = gather.choose_lrs(study, root, runs)
+        runs = plan.expand(study, root, chosen)
+        pending += [r for r in runs if r.role == "verdict" and plan.status(r.config.out) != "done" and r not in pending]
+        for (exp, lab), lr in sorted(chosen.items()):
+            print(f"[study] {exp}: {lab} at lr {lr:g}, chosen on the selection documents; it now trains with seeds {study.seeds}", flush=True)
+    _train(study, runs, args)
     clock["training"] = time.time()
     with locks.held(root, "study folder"):
         html = _finish(study, root, runs, clock)
     print(f"[study] report: {html}")
     print(wall_split(clock, pending), flush=True)
     return 0
+
+
+def _train(study, runs, args) -> None:
+    """Train the runs not done: as Ray tasks (train_all then finds them done), or here."""
+    if getattr(args, "executor", "local") == "ray":
+        from . import executors
+
+        executors.train_ray(runs, study.executor, getattr(args, "ray_address", None))
+    training.train_all(study, runs)
 
 
 def _finish(study, root: Path, runs, clock: dict) -> Path:

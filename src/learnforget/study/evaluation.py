@@ -50,7 +50,7 @@ def _score_heldout(model, tok, cfg) -> dict:
 
 
 def _reference_complete(r: PlannedRun) -> bool:
-    names = ["target", *r.config.train.extra_eval]
+    names = ["target", *(["select"] if r.config.data.heldout_selection else []), *r.config.train.extra_eval]
     return all((Path(r.config.train.kl_reference) / f"{n}.safetensors").exists() for n in names)
 
 

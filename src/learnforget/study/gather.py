@@ -26,22 +26,48 @@ def failure(row: dict, base_heldout: dict) -> str | None:
     model's beyond the 95% interval of the paired difference. A failed run says its learning rate was wrong,
     not how its method learns: it is kept out of every verdict and of the best-learning-rate choice."""
     final = max(row["checkpoints"], key=lambda c: c["tokens"], default=None)
-    t = (final or {}).get("heldout", {}).get("target")
+    held = (final or {}).get("heldout", {})
+    name = "select" if "select" in held else "target"  # the selection documents decide, where the study has them
+    t = held.get(name)
     if t is None:
         return None
     if not np.isfinite(t["loss"]):
-        return f"diverged: final held-out target loss {t['loss']}"
-    base = base_heldout.get(f"{row['regime']}-{row['domain']}")
+        return f"diverged: final held-out {name} loss {t['loss']}"
+    key = f"{row['regime']}-{row['domain']}" + (":select" if name == "select" else "")
+    base = base_heldout.get(key)
     if base is None or len(base["units"]["tokens"]) != len(t["units"]["tokens"]):
         return None
-    key = f"{row['regime']}-{row['domain']}"
     b = stats.Units.of(key, base["units"]["loss"], base["units"]["tokens"])
     f = stats.Units.of(key, t["units"]["loss"], t["units"]["tokens"])
     lo, hi = stats.interval(f.boot() - b.boot())
     if lo > 0:
-        return (f"worse than the base model: final held-out target loss {f.value:.4f} vs {b.value:.4f} "
+        return (f"worse than the base model: final held-out {name} loss {f.value:.4f} vs {b.value:.4f} "
                 f"(difference {f.value - b.value:+.4f} [{lo:+.4f}, {hi:+.4f}])")
     return None
+
+
+def choose_lrs(study: Study, root: Path, runs: list[PlannedRun]) -> dict[tuple[str, str], float]:
+    """(experiment, label) -> the learning rate its verdict runs train at: best_lr over the search runs, which read the
+    selection documents (data.heldout_selection) where the study has them. Labels with one lr are not searched."""
+    search = [r for r in runs if r.role == "search" and plan_status(r) == "done"]
+    if not search:
+        return {}
+    rows = [run_row(study, root, r) for r in search]
+    mark_best(rows, base_results(study, root, runs))
+    out = {}
+    for row in rows:
+        if row["best_lr"]:
+            out[(row["experiment"], row["label"])] = float(row["lr"])
+            if row["best_lr_edge"]:
+                print(f"[study] {row['experiment']}: {row['label']}'s best lr {row['lr']:g} is the {row['best_lr_edge']} edge of its "
+                      f"grid: the optimum may lie beyond it", flush=True)
+    return out
+
+
+def plan_status(r: PlannedRun) -> str:
+    from .plan import status
+
+    return status(r.config.out)
 
 
 def best_lr(runs: list[dict], base_tasks: dict) -> dict[str, str | None]:
@@ -70,9 +96,17 @@ def best_lr(runs: list[dict], base_tasks: dict) -> dict[str, str | None]:
 
 
 def mark_best(rows: list[dict], base: dict) -> set[str]:
-    """Set each row's `failed` (failure), `best_lr` and `best_lr_edge` (best_lr); return the best ids."""
+    """Set each row's `failed` (failure), `best_lr` and `best_lr_edge` (best_lr); return the best ids. In a study
+    with a search, the best are the verdict runs (their lr was chosen on the search runs) and the edge is the search's."""
     for row in rows:
         row["failed"] = failure(row, base["heldout"])
+    if any(r.get("role") == "verdict" for r in rows):
+        searched = best_lr([r for r in rows if r.get("role") == "search"], base["tasks"])
+        edge = {(r["experiment"], r["label"]): e for r in rows if (e := searched.get(r["id"]))}
+        for row in rows:
+            row["best_lr"] = row.get("role") == "verdict"
+            row["best_lr_edge"] = edge.get((row["experiment"], row["label"])) if row["best_lr"] else None
+        return {r["id"] for r in rows if r["best_lr"]}
     best = best_lr(rows, base["tasks"])
     for row in rows:
         row["best_lr"] = row["id"] in best
@@ -86,12 +120,13 @@ def _final_score(rs: list[dict], task: str | None, base_tasks: dict) -> tuple | 
     if not cks:
         return None
     final = [c for c in cks if c["tokens"] == max(c["tokens"] for c in cks)]
-    if any("target" not in c["heldout"] for c in final):
+    name = "select" if all("select" in c["heldout"] for c in final) else "target"  # selection documents where there are
+    if any(name not in c["heldout"] for c in final):
         return None
     metric = -np.inf
     if task in base_tasks and all(task in c["tasks"] for c in final):
         metric = float(np.mean(np.mean([np.asarray(c["tasks"][task]["items"], float) for c in final], axis=0)))
-    return metric, -float(np.mean([c["heldout"]["target"]["loss"] for c in final]))
+    return metric, -float(np.mean([c["heldout"][name]["loss"] for c in final]))
 
 
 def task_result(res: dict) -> dict:
@@ -106,7 +141,8 @@ def _tasks(path: Path) -> dict:
 
 def _heldout_key(study: Study, r: PlannedRun, name: str) -> str:
     """base.heldout's key of a held-out set: "<regime>-<domain>" for the target split, "general" for general text."""
-    return f"{r.experiment.regime}-{r.experiment.domain}" if name == "target" else "general" if name == study.eval.general else name
+    target = f"{r.experiment.regime}-{r.experiment.domain}"
+    return target if name == "target" else f"{target}:select" if name == "select" else "general" if name == study.eval.general else name
 
 
 def heldout_entry(v: dict) -> dict:
@@ -147,7 +183,7 @@ def run_row(study: Study, root: Path, r: PlannedRun) -> dict:
                     "heldout": heldout, "tasks": tasks})
     m = r.config.method
     return {
-        "id": r.id, "label": label(r.config),
+        "id": r.id, "label": label(r.config), "role": r.role, "documents": info.get("documents"),
         "family": r.family, "regime": r.experiment.regime, "domain": r.experiment.domain, "experiment": r.experiment.name,
         "lr": r.config.train.lr, "rank": m.rank if m.method == "lora" else None, "targets": m.targets if m.method == "lora" else None,
         "alpha": m.alpha if m.method == "lora" else None,
@@ -189,6 +225,7 @@ def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
     note = "Q4 GGUF dequantised to fp32" if study.model in ("smollm2-135m", "gemma3-270m") else ""
     results = {
         "version": 2,
+        "design": design(study, runs, base),
         "study": {"name": study.name, "model": study.model, "model_note": note, "created": datetime.now(timezone.utc).isoformat(),
                   "hardware": f"{platform.machine()} {platform.processor() or ''} {len(os.sched_getaffinity(0))} CPUs".strip(),
                   "config": asdict(study)},
@@ -203,6 +240,24 @@ def gather(study: Study, root: Path, runs: list[PlannedRun]) -> dict:
     if study.forecast is not None:
         results["forecast"] = forecast_rows(study, base, rows)
     return results
+
+
+def design(study: Study, runs: list[PlannedRun], base: dict) -> dict:
+    """What the verdicts rest on: seeds, the learning-rate search, and per experiment the corpus's content hash and the
+    held-out documents of each set (the selection ones apart)."""
+    from ..data.corpora import corpus_hash
+
+    exps = {}
+    for r in cache.first_per_experiment(runs):
+        e, key = r.experiment, f"{r.experiment.regime}-{r.experiment.domain}"
+        try:
+            h = corpus_hash(r.config.data)
+        except Exception:  # noqa: BLE001 - a hub or streamed corpus is not re-read whole for its hash
+            h = None
+        exps[e.name] = {"corpus_hash": h, "chunk_chars": e.chunk_chars,
+                        "heldout_documents": {k: len(v["units"]["tokens"]) for k, v in base["heldout"].items()
+                                              if k in (key, f"{key}:select", "general")}}
+    return {"seeds": list(study.seeds), "search_seed": study.search.seed if study.search else None, "experiments": exps}
 
 
 def forecast_rows(study: Study, base: dict, rows: list[dict]) -> dict:

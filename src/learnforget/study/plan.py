@@ -129,9 +129,12 @@ class PlannedRun:
     config: RunConfig
     family: str  # full | lora | full-regularized
     id: str
+    role: str = "grid"  # grid (no search: every lr x every seed) | search (the lr grid on search.seed) | verdict (chosen lr x seeds)
+    chosen: bool = True  # verdict runs: False while the learning rate is a stand-in (the search has not chosen yet)
 
 
-LATER_FIELDS = (("train", "processes", 1), ("train", "distributed", "ddp"), ("data", "streaming", None))
+LATER_FIELDS = (("train", "processes", 1), ("train", "distributed", "ddp"), ("data", "streaming", None), ("data", "chunk_chars", 0),
+                ("data", "heldout_docs", 0), ("data", "heldout_selection", 0.0), ("data", "heldout_seed", 0))
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -148,8 +151,9 @@ def heldout_key(cfg: RunConfig) -> str:
     """Hash of everything that decides a run's held-out rows: runs with the same key share the base model's
     held-out scores and KL reference."""
     data = asdict(cfg.data)
-    if data["streaming"] is None:  # added later: keys of studies that do not set it are unchanged
-        data.pop("streaming")
+    for part, key, default in LATER_FIELDS:  # added later: keys of studies that do not set them are unchanged
+        if part == "data" and data[key] == default:
+            data.pop(key)
     spec = {"model": cfg.model, "data": data, "eval_tokens": cfg.train.eval_tokens, "extra_eval": cfg.train.extra_eval}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -159,27 +163,68 @@ def label(cfg: RunConfig) -> str:
     return cfg.method.label() + (f"-wd{cfg.train.weight_decay:g}" if cfg.train.weight_decay else "")
 
 
-def expand(study: Study, root: Path) -> list[PlannedRun]:
+def expand(study: Study, root: Path, chosen: dict[tuple[str, str], float] | None = None) -> list[PlannedRun]:
+    """The study's runs. Without `search`: every grid point with every seed. With it: each methods entry's lr grid on
+    search.seed (a label with one lr skips it), then each label at its chosen lr with every seed; `chosen` maps
+    (experiment, label) to that lr, and a label not in it gets the geometric middle of its grid as a stand-in
+    (chosen=False: the dry run costs it, the study does not train it)."""
     runs = []
-    for exp, entry, seed in itertools.product(study.experiments, study.methods, study.seeds):
-        for method_fields, train_over in _grid(entry):
-            method = MethodConfig(**method_fields)
-            train_fields = {**study.train, **train_over, "seed": seed, "tokens": exp.tokens, "epochs": exp.epochs,
-                            "checkpoints": list(exp.checkpoints), "eval_tokens": study.eval.heldout_tokens,
-                            "extra_eval": [study.eval.general] if study.eval.general else [],
-                            "skip_base_eval": True}  # the base model's held-out losses: scored once per experiment
-            train = TrainConfig(**train_fields)  # (YAML's betas list becomes the config's tuple)
-            data = DataSpec(source=exp.data, regime=exp.regime, seq_len=study.seq_len, heldout_fraction=exp.heldout_fraction,
-                            text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field,
-                            streaming=exp.streaming)
-            cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
-            rid = run_id(cfg)
-            cfg.out = str(root / "runs" / f"{exp.name}-{label(cfg)}-lr{train.lr:g}-s{seed}-{rid}")
-            # the base model's top-k distributions on this experiment's held-out sets (study/evaluation.py)
-            cfg.train.kl_reference = str(root / "evals" / f"reference-{exp.name}-{heldout_key(cfg)}")
-            regularized = method.method == "full" and (train.weight_decay > 0 or method.attention_dropout > 0)
-            runs.append(PlannedRun(exp, cfg, "full-regularized" if regularized else method.method, rid))
+    for exp, entry in itertools.product(study.experiments, study.methods):
+        points = [_planned(study, root, exp, m, t, seed) for m, t in _grid(entry) for seed in
+                  ([study.search.seed] if study.search else study.seeds)]
+        if study.search is None:
+            runs += points
+            continue
+        by_label: dict[str, list[PlannedRun]] = {}
+        for r in points:
+            by_label.setdefault(label(r.config), []).append(r)
+        for lab, rs in by_label.items():
+            lrs = sorted({r.config.train.lr for r in rs})
+            if len(lrs) > 1:
+                runs += [_replace(r, role="search") for r in rs]
+            lr = (chosen or {}).get((exp.name, lab))
+            stand_in = lrs[len(lrs) // 2] if len(lrs) % 2 else float((lrs[len(lrs) // 2 - 1] * lrs[len(lrs) // 2]) ** 0.5)
+            proto = next(r for r in rs if r.config.train.lr == (lr if lr in lrs else lrs[0]))
+            m, t = _fields_of(proto.config)
+            for seed in study.seeds:
+                v = _planned(study, root, exp, m, {**t, "lr": lr if lr is not None else (stand_in if len(lrs) > 1 else lrs[0])}, seed)
+                runs.append(_replace(v, role="verdict", chosen=lr is not None or len(lrs) == 1))
     return runs
+
+
+def _replace(r: PlannedRun, **kw) -> PlannedRun:
+    from dataclasses import replace
+
+    return replace(r, **kw)
+
+
+def _fields_of(cfg: RunConfig) -> tuple[dict, dict]:
+    """A planned run's method fields and its train overrides of the study's defaults (to plan it at another lr / seed)."""
+    m = asdict(cfg.method)
+    t = {k: v for k, v in asdict(cfg.train).items() if k in {f.name for f in fields(TrainConfig)}}
+    for k in ("seed", "tokens", "epochs", "checkpoints", "eval_tokens", "extra_eval", "skip_base_eval", "kl_reference"):
+        t.pop(k)
+    return m, t
+
+
+def _planned(study: Study, root: Path, exp: Experiment, method_fields: dict, train_over: dict, seed: int) -> PlannedRun:
+    method = MethodConfig(**method_fields)
+    train_fields = {**study.train, **train_over, "seed": seed, "tokens": exp.tokens, "epochs": exp.epochs,
+                    "checkpoints": list(exp.checkpoints), "eval_tokens": study.eval.heldout_tokens,
+                    "extra_eval": [study.eval.general] if study.eval.general else [],
+                    "skip_base_eval": True}  # the base model's held-out losses: scored once per experiment
+    train = TrainConfig(**train_fields)  # (YAML's betas list becomes the config's tuple)
+    data = DataSpec(source=exp.data, regime=exp.regime, seq_len=study.seq_len, heldout_fraction=exp.heldout_fraction,
+                    text_field=exp.text_field, prompt_field=exp.prompt_field, response_field=exp.response_field,
+                    streaming=exp.streaming, chunk_chars=exp.chunk_chars, heldout_docs=exp.heldout_docs,
+                    heldout_selection=exp.heldout_selection, heldout_seed=study.eval.seed if exp.heldout_docs else 0)
+    cfg = RunConfig(model=study.model, data=data, method=method, train=train, out="")
+    rid = run_id(cfg)
+    cfg.out = str(root / "runs" / f"{exp.name}-{label(cfg)}-lr{train.lr:g}-s{seed}-{rid}")
+    # the base model's top-k distributions on this experiment's held-out sets (study/evaluation.py)
+    cfg.train.kl_reference = str(root / "evals" / f"reference-{exp.name}-{heldout_key(cfg)}")
+    regularized = method.method == "full" and (train.weight_decay > 0 or method.attention_dropout > 0)
+    return PlannedRun(exp, cfg, "full-regularized" if regularized else method.method, rid)
 
 
 def status(out: str) -> str:

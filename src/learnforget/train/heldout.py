@@ -14,6 +14,7 @@ from ..config import RunConfig
 from ..data import sources
 from ..data.corpora import Corpus, heldout_set
 from ..data.stream import open_corpus
+from ..errors import UserError
 from .record import log
 
 
@@ -23,9 +24,16 @@ def heldout_sets(cfg: RunConfig, tok, corpus: Corpus | None = None) -> dict:
     if not t.eval_tokens:
         return {}
     corpus = corpus or open_corpus(cfg.data, tok)
-    sets = {"target": corpus.heldout_rows(t.eval_tokens)}
+    d = cfg.data
+    if d.heldout_docs:  # documents drawn at random; "select" apart when the study chooses learning rates on it
+        if getattr(corpus, "streaming", False):
+            raise UserError(f"{d.source}: data.heldout_docs draws held-out documents from a corpus read whole; not with streaming")
+        sets = corpus.heldout_sample(t.eval_tokens)
+    else:
+        sets = {"target": corpus.heldout_rows(t.eval_tokens)}
+    drawn = {"heldout_docs": d.heldout_docs, "heldout_seed": d.heldout_seed} if d.heldout_docs else {}
     for name in t.extra_eval:
-        sets[name] = heldout_set(name, tok, cfg.data.seq_len, t.eval_tokens, regime=sources.regime_of(name))
+        sets[name] = heldout_set(name, tok, d.seq_len, t.eval_tokens, regime=sources.regime_of(name), **drawn)
     return sets
 
 

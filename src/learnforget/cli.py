@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="study YAML (see configs/)")
     s.add_argument("--out", default="runs/studies", help="where studies live (a study writes <out>/<name>/)")
     s.add_argument("--dry-run", action="store_true", help="print the plan with estimated FLOPs, time and memory; train nothing")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field of the study file (repeatable): a dotted KEY (seeds, search.seed, "
+                        "experiments.0.tokens) and a YAML VALUE, e.g. --set seeds=[6,7,8,9,10] to replicate a study with other seeds")
     s.add_argument("--power", action=argparse.BooleanOptionalAction, default=True,
                    help="with --dry-run: also score the base model on the planned held-out sets (seconds) and print the "
                         "smallest difference each signal can detect; --no-power plans without loading the model or data")

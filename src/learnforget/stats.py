@@ -169,14 +169,7 @@ def decide(d: np.ndarray, estimate: float, margin: float, d_units_only: np.ndarr
     `floor`: the least half-width the interval may have (discrete units, see `item_floor`)."""
     lo, hi = interval(d)
     lo, hi = min(lo, estimate - floor), max(hi, estimate + floor)
-    if -margin < lo and hi < margin:
-        verdict = EQUIVALENT
-    elif lo > 0:
-        verdict = REPRODUCED
-    elif hi < 0:
-        verdict = NOT_REPRODUCED
-    else:
-        verdict = NOT_SIGNIFICANT
+    verdict = _verdict(lo, hi, margin)
     share = None
     if d_units_only is not None:
         v_all, v_units = float(np.var(d)), float(np.var(d_units_only))
@@ -221,13 +214,75 @@ def compare(better: Signal, worse: Signal, margin: float, higher_better: bool) -
 
 def compare_many(pairs: list[tuple[Signal, Signal]], margin: float, higher_better: bool) -> Decision:
     """Paired decision of 'better beats worse', the difference averaged over several (better, worse) pairs
-    (e.g. matched checkpoints), every pair resampled with the same unit indices."""
+    (e.g. matched checkpoints), every pair on the same units. With several seeds shared by both sides (seeds_interval)
+    a random-effects t interval; with one seed, the paired bootstrap over units."""
     sign = 1.0 if higher_better else -1.0
-    diff = lambda seeds: sign * np.mean([boot(b, seeds) - boot(w, seeds) for b, w in pairs], axis=0)  # noqa: E731
-    seeded = any(u.scores.shape[0] > 1 for b, w in pairs for u in [*b.values(), *w.values()])
     est = sign * float(np.mean([value(b) - value(w) for b, w in pairs]))
     floor = max((item_floor(u) for b, _ in pairs for u in b.values()), default=0.0)
-    return decide(diff(True), est, margin, diff(False) if seeded else None, floor)
+    seeded = seeds_interval(pairs, sign)
+    if seeded is not None:
+        return decide_t(est, *seeded, margin, floor)
+    diff = lambda seeds: sign * np.mean([boot(b, seeds) - boot(w, seeds) for b, w in pairs], axis=0)  # noqa: E731
+    return decide(diff(True), est, margin, None, floor)
+
+
+def seeds_interval(pairs: list[tuple[Signal, Signal]], sign: float) -> tuple[float, int, float] | None:
+    """(standard error, degrees of freedom, seed share of the variance) of the mean paired difference over S seeds and
+    U units per unit set, by the two-way random-effects decomposition of d[s, u] (the per-unit contributions to
+    each seed's difference): Var = var_s(d_s) / S (seed-to-seed spread, which already holds the run-by-unit noise)
+    + sigma2_unit / U (units that differ in their difference, from the two-way mean squares, noise removed), with
+    S - 1 degrees of freedom. None when the two sides do not share S >= 2 seeds (a deterministic side, the base
+    model, pairs with every seed)."""
+    per_set: dict[str, list[np.ndarray]] = {}
+    S = None
+    for b, w in pairs:
+        for key in b:
+            ub, uw = b[key], w[key]
+            n_b, n_w = ub.scores.shape[0], uw.scores.shape[0]
+            if max(n_b, n_w) < 2 or (min(n_b, n_w) > 1 and (n_b != n_w or (ub.seeds and uw.seeds and ub.seeds != uw.seeds))):
+                return None
+            s_n = max(n_b, n_w)
+            if S not in (None, s_n):
+                return None
+            S = s_n
+            per_set.setdefault(key, []).append(sign * (ub.scores - uw.scores) * len(ub.counts) / ub.counts.sum())  # (S, U)
+    K = len(per_set)
+    d_s = np.zeros(S)
+    unit_var = 0.0
+    for key, ds in per_set.items():
+        y = np.mean(ds, axis=0)  # (S, U): averaged over the pairs (checkpoints) on these units
+        U = y.shape[1]
+        d_s += y.mean(1) / K
+        if U > 1:
+            resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+            ms_unit = S * np.var(y.mean(0), ddof=1)
+            ms_err = float((resid ** 2).sum() / ((S - 1) * (U - 1)))
+            unit_var += max(0.0, ms_unit - ms_err) / (S * U) / K ** 2
+    seed_var = float(np.var(d_s, ddof=1) / S)
+    total = seed_var + unit_var
+    return float(np.sqrt(total)), S - 1, (seed_var / total if total > 0 else 0.0)
+
+
+def decide_t(estimate: float, se: float, df: int, seed_share: float, margin: float, floor: float = 0.0) -> Decision:
+    """Verdict from a t interval: estimate +- t(df) se (at least +-floor), as `decide` reads an interval."""
+    from scipy import stats as st
+
+    q = float(st.t.ppf(0.5 + LEVEL / 2, df))
+    half = max(q * se, floor)
+    lo, hi = estimate - half, estimate + half
+    p = float(2 * st.t.sf(abs(estimate) / se, df)) if se > 0 else (0.0 if estimate else 1.0)
+    verdict = _verdict(lo, hi, margin)
+    return Decision(verdict, float(estimate), (lo, hi), margin, float((q + 0.84) * se), seed_share, p)
+
+
+def _verdict(lo: float, hi: float, margin: float) -> str:
+    if -margin < lo and hi < margin:
+        return EQUIVALENT
+    if lo > 0:
+        return REPRODUCED
+    if hi < 0:
+        return NOT_REPRODUCED
+    return NOT_SIGNIFICANT
 
 
 def item_floor(u: Units) -> float:

@@ -44,7 +44,7 @@ class Source:
         for n in range(len(path), -1, -1):
             if path[:n] in self.lines:
                 f, line = self.lines[path[:n]]
-                return f"{f}:{line}"
+                return f if line is None else f"{f}:{line}"  # a --set value has no line
         return self.file
 
 

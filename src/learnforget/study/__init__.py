@@ -32,7 +32,7 @@ from . import analyse, cost, evaluation, gather, gpu_plan, plan, power, probe, r
 
 
 def main(args) -> int:
-    study = plan.load(args.config)
+    study = plan.load(args.config, getattr(args, "set", None) or ())
     root = Path(args.out) / study.name
     runs = plan.expand(study, root)
     if args.dry_run:
@@ -58,7 +58,8 @@ def main(args) -> int:
     # then finds the work done (cached).
     clock = {"start": time.time()}
     with locks.held(root, "study folder"):
-        (root / "study.yaml").write_text(yaml.safe_dump(plan.read(Path(args.config))[0], sort_keys=False))  # `extends` resolved
+        (root / "study.yaml").write_text(yaml.safe_dump(plan.with_sets(Path(args.config), getattr(args, "set", None) or ())[0],
+                                                      sort_keys=False))  # `extends` and --set resolved
         evaluation.base_heldout(study, root, runs)  # before training: the runs score KL against the base's references
     clock["base model"] = time.time()
     pending = [r for r in runs if r.chosen and plan.status(r.config.out) != "done"]  # before training finds them done

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+
+import yaml
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from ..analysis import diversity as div
 from ..config import DOMAINS, DataSpec, DiversitySpec, Experiment, MethodConfig, RunConfig, Study, TrainConfig
 from ..errors import UserError
 from ..evaluate import tasks
-from ..validate import Source, build, convert, dotted, hints, load_mapping
+from ..validate import Source, _Loader, build, convert, dotted, hints, load_mapping
 
 NOT_A_GRID = ("checkpoints", "extra_eval", "betas")  # list-valued fields: a list is one value, not a grid
 
@@ -70,9 +72,38 @@ def _check_grid(entry, src: Source, path: tuple, train_only: bool = False) -> No
             convert(types_[k], v, src, path + (k,))
 
 
-def load(path: str | Path) -> Study:
-    path = Path(path)
+def with_sets(path: Path, sets: list[str] | tuple = ()) -> tuple[dict, Source]:
+    """The study file's mapping (read) with each `--set KEY=VALUE` applied: KEY a dotted path (seeds,
+    search.seed, experiments.0.tokens), VALUE read as YAML ([5, 6, 7], 2.0e-5, true). So a study is replicated with
+    other seeds without editing its file: `learnforget study configs/demo-cpu.yaml --set seeds=[6,7,8,9,10] --set search.seed=11`."""
     raw, src = read(path)
+    for item in sets:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set seeds=[5,6,7]")
+        try:
+            value = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        parts = [int(x) if x.isdigit() else x for x in key.strip().split(".")]
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            ok = isinstance(node, dict) or (isinstance(node, list) and isinstance(part, int) and part < len(node))
+            if not ok:
+                raise UserError(f"--set {item}: {'.'.join(map(str, parts[:i + 1]))} is not a mapping or a list index of this study")
+            if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+        if isinstance(node, list) and not (isinstance(parts[-1], int) and parts[-1] < len(node)):
+            raise UserError(f"--set {item}: {parts[-1]} is not an index of the list {'.'.join(map(str, parts[:-1]))}")
+        node[parts[-1]] = value
+        src.lines[tuple(parts)] = (f"--set {key.strip()}", None)
+    return raw, src
+
+
+def load(path: str | Path, sets: list[str] | tuple = ()) -> Study:
+    path = Path(path)
+    raw, src = with_sets(path, sets)
     for key in ("name", "model", "experiments", "methods"):
         if key not in raw:
             raise UserError(f"{path}: missing field '{key}'")

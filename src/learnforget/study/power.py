@@ -71,9 +71,11 @@ def power(study: Study, root: Path, runs: list[PlannedRun]) -> list[dict]:
         if r.config.train.eval_tokens:
             for name, res in _base_heldout(study, root, r, loaded).items():
                 u = res["units"]
-                sig = "target" if name == "target" else "general"
-                rows.append(_row(exp, f"held-out {sig} loss", len(u["tokens"]), stats.loss_detectable(u["loss"], u["tokens"]),
-                                 study.eval.margins["loss"], CLAIMS_OF[sig], f"{sum(u['tokens']):,} tokens, base per-document spread, unpaired"))
+                sig = "target" if name in ("target", "select") else "general"
+                what = "selection (lr choice only)" if name == "select" else sig
+                rows.append(_row(exp, f"held-out {what} loss", len(u["tokens"]), stats.loss_detectable(u["loss"], u["tokens"]),
+                                 study.eval.margins["loss"], "learning rates" if name == "select" else CLAIMS_OF[sig],
+                                 f"{sum(u['tokens']):,} tokens, base per-document spread, unpaired"))
         rows += _task_rows(study, root, exp, r.experiment.domain)
     return rows
 

@@ -119,3 +119,48 @@ def test_split_does_not_depend_on_where_the_corpus_lives(tok, code_corpus, tmp_p
     b = Corpus(DataSpec(str(moved), "cpt", seq_len=32, heldout_fraction=0.1), tok)
     c = Corpus(DataSpec(str(moved / "*.py"), "cpt", seq_len=32, heldout_fraction=0.1), tok)
     assert [d.id for d in a.heldout] == [d.id for d in b.heldout] == [d.id for d in c.heldout] != []
+
+
+def test_pieces_spread_a_short_budget_over_many_documents(tok, code_corpus):
+    whole = Corpus(DataSpec(str(code_corpus), "cpt", seq_len=64, heldout_fraction=0.2), tok)
+    cut = Corpus(DataSpec(str(code_corpus), "cpt", seq_len=64, heldout_fraction=0.2, chunk_chars=60), tok)
+    # the held-out split is made before cutting: the same documents held out, whole
+    assert [d.id for d in cut.heldout] == [d.id for d in whole.heldout]
+    assert {p.id.split("#")[0] for p in cut.train} == {d.id for d in whole.train} and len(cut.train) > 3 * len(whole.train)
+    # pieces are the document's lines in order, each at least chunk_chars but the last
+    doc = whole.train[0]
+    ps = [p for p in cut.train if p.id.split("#")[0] == doc.id]
+    assert "".join(p.text for p in ps) == doc.text and all(len(p.text) >= 60 for p in ps[:-1])
+    # four rows (~256 tokens): whole documents in the seeded order come from one or two files, pieces from one a piece
+    assert whole.documents(seed=0, rows=4) <= 2 and cut.documents(seed=0, rows=4) >= 4
+    rows = [r for _, r in zip(range(4), cut.train_rows(seed=0))]
+    assert rows == [r for _, r in zip(range(4), cut.train_rows(seed=0))]  # still a pure function of (corpus, seed, k)
+
+
+def test_drawn_heldout_documents_are_units_with_a_selection_part_apart(tok, code_corpus):
+    from learnforget.heldout import units_of
+
+    spec = DataSpec(str(code_corpus), "cpt", seq_len=64, heldout_fraction=0.5, heldout_docs=12, heldout_selection=0.25, heldout_seed=3)
+    c = Corpus(spec, tok)
+    sets = c.heldout_sample(12 * 16)
+    assert set(sets) == {"target", "select"}
+    (ids, labels), (sids, slabels) = sets["target"], sets["select"]
+    # 16-token windows, 4 to a row: 9 verdict documents (3 rows, the last padded) and 3 selection documents (1 row)
+    assert ids.shape == (3, 64) and sids.shape == (1, 64)
+    assert units_of(ids, labels, tok.eos_token_id)[1] == 9 and units_of(sids, slabels, tok.eos_token_id)[1] == 3
+    # each window is an EOS (not scored) and 15 scored tokens of one held-out document; padding is never scored
+    assert (labels[:, ::16] == IGNORE).all() and int((labels != IGNORE).sum()) == 9 * 15
+    held = "".join(d.text for d in c.heldout)
+    first = tok.decode(ids[0, 1:16].tolist())
+    assert first.strip() and first.strip() in held
+    # the same seed draws the same documents; another seed others
+    again = Corpus(spec, tok).heldout_sample(12 * 16)
+    assert torch_equal(again["target"][0], ids)
+    other = Corpus(DataSpec(**{**spec.__dict__, "heldout_seed": 4}), tok).heldout_sample(12 * 16)
+    assert not torch_equal(other["target"][0], ids)
+    with pytest.raises(UserError, match="heldout_docs 500: only"):
+        Corpus(DataSpec(str(code_corpus), "cpt", seq_len=64, heldout_fraction=0.5, heldout_docs=500), tok).heldout_sample(500 * 16)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())

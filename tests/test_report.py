@@ -191,12 +191,13 @@ def test_bootstrap_interval_of_a_known_proportion():
     assert stats.pareto([1, 2, 3, 2], [3, 2, 1, 1]) == [0, 1, 2]
 
 
-def _spread_results(lora_spread: float, full_spread: float):
-    """Two learning rates per method; the second's final target loss is worse by the given spread."""
-    res = make_results(lrs=(1e-4, 1e-3))
+def _spread_results(lora_rise: float, full_rise: float):
+    """Three learning rates per method, half a decade apart; the middle one is the optimum and its neighbours' final
+    target loss is worse by the given rise (so the rise half a decade from the optimum is exactly that)."""
+    res = make_results(lrs=(1e-4, 10 ** -3.5, 1e-3))
     for r in res["runs"]:
         k = int(r["id"].rsplit("-", 2)[1])
-        extra = (lora_spread if r["family"] == "lora" else full_spread) * k - 0.05 * k  # undo make_results' +0.05 per lr
+        extra = (lora_rise if r["family"] == "lora" else full_rise) * (k - 1) ** 2 - 0.05 * k  # undo make_results' +0.05 per lr
         for c in r["checkpoints"]:
             h = c["heldout"]["target"]
             h["units"]["loss"] = [x + extra * n for x, n in zip(h["units"]["loss"], h["units"]["tokens"])]
@@ -279,7 +280,7 @@ def test_write_produces_pages_figures_and_summary(tmp_path):
     out = tmp_path / "report"
     assert html_path == out / "report.html"
     page = html_path.read_text()
-    names = ["learning", "forgetting", "tradeoff", "cost", "lr_sensitivity"]
+    names = ["differences", "learning", "forgetting", "tradeoff", "cost", "lr_sensitivity"]
     assert page.count("data:image/png;base64,") == len(names)
     assert "reproduced" in page and "cannot carry a verdict" in page and "KL, general text" in page
     md = (out / "report.md").read_text()
@@ -509,3 +510,24 @@ def test_vertex_of_a_parabola_and_resamples_at_the_grid_edge():
     # ... but an open interval wholly above the band still decides: 150x is "not reproduced"
     [h] = _rows(_sweep_results(_quadratic("full", f, GRID) + _quadratic("lora-r16-all", 1e-3, GRID * 10), noise=0.01), "h")
     assert h["verdict"] == "not reproduced" and h["ci"][0] > 100 and h["ci"][1] is None
+
+
+def test_primary_rows_are_a_family_checked_with_each_seed_left_out():
+    five = report.findings(make_results())
+    prim = [f for f in five if f["family"] == "primary"]
+    assert prim and {f["claim"] for f in prim} == {"a", "b"}
+    assert all(f["family"] == "exploratory" for f in five if f["claim"] not in "ab")
+    decided = [f for f in prim if f["verdict"] in ("reproduced", "not reproduced", "equivalent")]
+    assert len(decided) >= 4 and all(f["stable"] is True and f["seeds"] == 5 for f in decided)
+    # two seeds: intervals, but no verdict about the methods, and nothing to leave out
+    two = report.findings(make_results(seeds=(0, 1)))
+    assert {f["verdict"] for f in two if f["claim"] in "ab"} == {"one run"}
+    assert all(f["stable"] is None for f in two)
+    # Holm: a primary row whose interval clears 0 but whose p-value misses its step's threshold is not decided
+    from learnforget.report.claims import families
+    from learnforget.report.context import analyse
+    from learnforget.report.findings import Finding
+
+    rows = [Finding("a", "cpt/code", "x vs y", "s", stats.REPRODUCED, 0.1, (0.01, 0.2), p=p) for p in (0.001, 0.04, 0.045)]
+    families(analyse(make_results()), rows)
+    assert [r.verdict for r in rows] == ["reproduced", "not significant", "not significant"] and "Holm" in rows[1].note

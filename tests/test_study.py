@@ -251,3 +251,50 @@ def test_wall_split_adds_the_stages_and_the_runs_own_split(tmp_path):
                                        "trained: 3.0 run-min, of which optimizer steps 2.0 and load, held-out scoring "
                                        "and checkpoints 1.0")
     assert wall_split(clock, []).endswith("report 0.1")
+
+
+def test_set_overrides_fields_and_names_itself_in_errors(code_corpus, tmp_path):
+    cfg = write_study(tmp_path, code_corpus)
+    s = plan.load(cfg, ["seeds=[5, 6, 7]", "experiments.0.tokens=256", "search.seed=11"])
+    assert s.seeds == [5, 6, 7] and s.experiments[0].tokens == 256 and s.search.seed == 11
+    with pytest.raises(UserError, match=r"--set seeds: seeds: expected a list"):
+        plan.load(cfg, ["seeds=fast"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        plan.load(cfg, ["seeds"])
+    with pytest.raises(UserError, match="search.seed: 5 is also in seeds"):
+        plan.load(cfg, ["seeds=[5]", "search.seed=5"])
+
+
+def test_a_search_chooses_each_rate_on_its_own_seed_and_the_verdicts_train_it_on_the_others(code_corpus, tmp_path):
+    cfg = write_study(tmp_path, code_corpus, seeds=[1, 2, 3], search={"seed": 0},
+                      experiments=[{"name": "code-cpt", "regime": "cpt", "domain": "code", "data": str(code_corpus), "tokens": 256,
+                                    "checkpoints": [128, 256], "heldout_fraction": 0.5, "chunk_chars": 80, "heldout_docs": 16,
+                                    "heldout_selection": 0.25}],
+                      methods=[{"method": "full", "lr": [1e-4, 1e-3]}, {"method": "lora", "rank": 2, "targets": "all", "lr": [1e-2]}],
+                      eval={"forgetting": [], "learning": {"code": [], "math": []}, "heldout_tokens": 128, "general": "general-text"})
+    s = plan.load(cfg)
+    planned = plan.expand(s, tmp_path / "out" / "tiny")
+    # full's grid on seed 0; its verdict runs on seeds 1-3 at a stand-in rate until the search chooses; LoRA's single
+    # rate is not searched
+    assert [(r.role, r.config.train.seed, r.chosen) for r in planned if r.family == "full"] == \
+        [("search", 0, True), ("search", 0, True), ("verdict", 1, False), ("verdict", 2, False), ("verdict", 3, False)]
+    assert [(r.role, r.config.train.seed, r.chosen) for r in planned if r.family == "lora"] == [("verdict", s, True) for s in (1, 2, 3)]
+    out = tmp_path / "out"
+    assert cli.main(["study", str(cfg), "--out", str(out)]) == 0
+    res = json.loads((out / "tiny" / "results.json").read_text())
+    search = [r for r in res["runs"] if r["role"] == "search"]
+    verdict = [r for r in res["runs"] if r["role"] == "verdict"]
+    # the chosen rate is the search run with the lower final loss on the selection documents
+    best = min(search, key=lambda r: r["checkpoints"][-1]["heldout"]["select"]["loss"])
+    assert {r["lr"] for r in verdict if r["family"] == "full"} == {best["lr"]} and all(r["best_lr"] for r in verdict)
+    assert not any(r["best_lr"] for r in search) and sorted(r["seed"] for r in verdict) == [1, 1, 2, 2, 3, 3]
+    assert all(r["documents"] >= 3 for r in res["runs"])  # 4 rows of pieces of 80 characters: several files
+    design = res["design"]
+    assert design["seeds"] == [1, 2, 3] and design["search_seed"] == 0 and len(design["experiments"]["code-cpt"]["corpus_hash"]) == 16
+    assert design["experiments"]["code-cpt"]["heldout_documents"] == {"cpt-code": 12, "cpt-code:select": 4, "general": 16}
+    summary = json.loads((out / "tiny" / "report" / "summary.json").read_text())
+    assert {f["family"] for f in summary["findings"] if f["claim"] in "ab"} == {"primary"}
+    assert all(f["seeds"] == 3 for f in summary["findings"] if f["claim"] in "ab" and f["verdict"] != "not run")
+    assert "primary rows decided" in summary["stability"]
+    page = (out / "tiny" / "report" / "report.md").read_text()
+    assert page.index("The answer") < page.index("| model |")

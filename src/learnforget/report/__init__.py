@@ -14,6 +14,7 @@ from .claims import findings as _findings
 from .context import Analysis, analyse
 from .figures import figures
 from .findings import RULES, Finding
+from .answer import stability
 from .render import blocks, checkpoint_rows, scale, to_html, to_markdown
 from .schema import load, validate
 
@@ -30,7 +31,8 @@ def summary(A: Analysis, found: list[Finding]) -> dict:
     return {"study": A.res["study"]["name"], "scale": scale(A)[0],
             "base_tasks": {t: {**vars(v), "verdict": v.verdict} for t, v in A.tasks.items()},
             "best_lr": [{"group": s.group, "label": s.label, "lr": s.lr, "learned": s.learned} for s in A.best],
-            "checkpoints": checkpoint_rows(A), "findings": [f.as_dict() for f in found], "rules": RULES}
+            "checkpoints": checkpoint_rows(A), "stability": stability(found), "design": A.res.get("design"),
+            "findings": [f.as_dict() for f in found], "rules": RULES}
 
 
 def write(study_dir: Path) -> Path:

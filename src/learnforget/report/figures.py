@@ -86,7 +86,7 @@ def _tradeoff_panel(ax, A: Analysis, g: str, ysig: str, col: dict) -> None:
     the Pareto front over the runs that learned; runs that did not learn are listed, not drawn."""
     base, domain, front = A.base[g], g.split("/")[1], []
     left_out = []
-    for s in [s for s in A.series if s.group == g]:
+    for s in [s for s in {id(x): x for x in A.series + A.best}.values() if s.group == g]:  # sweeps and verdict runs
         pts = [(A.value(p, "target", domain), A.value(p, ysig, domain)) for p in [base, *s.points]]
         pts = [(x[0], y[0]) for x, y in pts if x and y]
         if len(pts) < 2:
@@ -126,6 +126,52 @@ def fig_tradeoff(A: Analysis):
     return fig
 
 
+def _per_seed(sig: dict) -> np.ndarray:
+    """(seeds,) a signal's value in each seed's run (the mean over its unit sets)."""
+    return np.mean([u.scores.sum(1) / u.counts.sum() for u in sig.values()], axis=0)
+
+
+def fig_differences(A: Analysis):
+    """What the verdicts rest on: each best-lr method minus full fine-tuning at every checkpoint, paired by seed and
+    document, with the interval the verdicts use (stats.compare), one faint line per seed, and the +-margin band."""
+    col = _colors(A)
+    cols = (["metric"] if "metric" in A.learn.values() else []) + ["target", "general", "kl_general"]
+    fig, axes = _grid(A, cols, "Each method minus full fine-tuning, paired by seed and document (bar: 95% interval; faint: "
+                               "one seed each; grey band: +-margin)")
+    for gi, g in enumerate(A.groups):
+        full = next((s for s in A.of_family(g, "full")), None)
+        others = [s for s in A.best if s.group == g and s is not full]
+        for ci, sig in enumerate(cols):
+            ax = axes[gi][ci]
+            m = A.margin(sig)
+            ax.axhspan(-m, m, color="0.85", lw=0)
+            ax.axhline(0, color="0.3", lw=0.8)
+            for k, s in enumerate(others if full else []):
+                pf = {p.tokens: p for p in full.points}
+                pts = [(p.tokens, A.signal(p, sig, s.domain), A.signal(pf[p.tokens], sig, s.domain)) for p in s.points if p.tokens in pf]
+                pts = [(t, a, b) for t, a, b in pts if a and b]
+                if not pts:
+                    continue
+                shift = (k - (len(others) - 1) / 2) * 0.02 * max(t for t, _, _ in pts)
+                xs = np.array([t for t, _, _ in pts], float) + shift
+                decs = [stats.compare(a, b, m, higher_better=True) for _, a, b in pts]
+                est = np.array([d.estimate for d in decs])
+                err = np.array([[d.estimate - d.ci[0] for d in decs], [d.ci[1] - d.estimate for d in decs]])
+                ax.errorbar(xs, est, yerr=err, fmt="o", color=col[s.label], capsize=3, ms=5, label=f"{s.label} - {full.label}")
+                seeds = [_per_seed(a) - _per_seed(b) for _, a, b in pts]
+                if all(len(x) == len(seeds[0]) > 1 for x in seeds):
+                    for line in np.array(seeds).T:
+                        ax.plot(np.r_[0, xs], np.r_[0, line], "-", color=col[s.label], alpha=0.25, lw=0.8)
+            ax.set(xlabel="training tokens", ylabel="difference from full fine-tuning\n" + YLABEL.get(sig, sig).split("\n")[0],
+                   title=f"{g}: {SIGNAL_NAME[sig]}" + (" (higher is better)" if better(sig) else " (lower is better)"))
+            ax.set_xlim(left=0)
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+            if ax.lines or ax.collections:
+                ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
 def fig_cost(A: Analysis):
     col = _colors(A)
     fig, axes = _grid(A, ["f", "p"], "Learning against compute and against trainable parameters (best lr per method)")
@@ -154,6 +200,7 @@ def fig_lr(A: Analysis):
     for gi, g in enumerate(A.groups):
         for ci, sig in enumerate(cols):
             ax = axes[gi][ci]
+            chosen = {(b.label, b.lr) for b in A.best if b.group == g}
             for lab in dict.fromkeys(s.label for s in A.series if s.group == g):
                 ss = [(s, v) for s in A.series if s.group == g and s.label == lab and (v := A.value(s.points[-1], sig, s.domain))]
                 if not ss:
@@ -162,7 +209,7 @@ def fig_lr(A: Analysis):
                 ax.errorbar([s.lr for s, _ in ss], [v[0] for _, v in ss], yerr=err, fmt="o-", color=col[lab], label=lab, ms=4,
                             capsize=3, mfc="white")
                 for s, v in ss:
-                    if s.best:
+                    if (s.label, s.lr) in chosen:
                         ax.plot([s.lr], [v[0]], "o", color=col[lab], ms=7, zorder=5)
                     if s.failed:  # apart: a failed run is no evidence about its method
                         ax.plot([s.lr], [v[0]], "x", color="red", ms=10, mew=2, zorder=6)
@@ -231,7 +278,7 @@ def figures(A: Analysis) -> dict[str, bytes]:
 
     learn_cols = ["metric", "target"] if "metric" in A.learn.values() else ["target"]
     forget_cols = (["signal"] if A.above else []) + ["general", "kl_general"]
-    makers = {"learning": lambda: _vs_tokens(A, learn_cols, "Learning vs training tokens (best lr per method; band = 95% interval)"),
+    makers = {"differences": lambda: fig_differences(A), "learning": lambda: _vs_tokens(A, learn_cols, "Learning vs training tokens (best lr per method; band = 95% interval)"),
               "forgetting": lambda: _vs_tokens(A, forget_cols, "Forgetting vs training tokens (best lr per method; band = 95% interval)"),
               "tradeoff": lambda: fig_tradeoff(A), "cost": lambda: fig_cost(A), "lr_sensitivity": lambda: fig_lr(A)}
     if spectrum_series(A):

@@ -36,8 +36,9 @@ RULES = {
                f"forgetting is interpolated along its checkpoint curve (from the base model) at the same held-out target loss; "
                f"{_BOOT}, both signals resampled jointly; decided as above",
     "growth": f"(learning gap at the last matched checkpoint) - (gap at the first); {_BOOT}; decided as above",
-    "spread": f"spread = best minus worst final score over the learning rates tried; {_BOOT} of (LoRA spread - full spread); "
-              f"decided as above",
+    "spread": "sensitivity = the rise of the final score (as a loss) half a decade of learning rate away from each method's "
+              "own optimum, from the parabola in log10(lr) through its best lr and two neighbours; "
+              f"{_BOOT} of (LoRA rise - full rise); decided as above",
     "spectrum": f"median rank@90% of the full-FT update matrices / LoRA rank, one row per rank, bootstrap over matrices: "
                 f"reproduced if the 95% interval is above the bar, not reproduced if below. The bar is {SPECTRUM_RATIO:g}x (the "
                 f"paper: 10-100x ranks 16-64 on 4096-wide matrices) or, where the width makes {SPECTRUM_RATIO:g}x impossible, "
@@ -70,8 +71,8 @@ RULES = {
                f"interval is above 0, not reproduced if below 0, equivalent if inside +-margin, else not significant",
     "capacity": f"lowest LoRA rank vs full fine-tuning, each at its best lr: {_BOOT} of the held-out target loss gap (LoRA - "
                 f"full) at every checkpoint both have; parting = the first checkpoint whose 95% interval is above +margin; "
-                f"reproduced if the first checkpoint's is not above +margin and the last's is, not reproduced if the last's "
-                f"lies inside +-margin or below 0, else not significant",
+                f"reproduced if the first checkpoint's interval lies inside +-margin (it tracks: equivalent) and the last's is "
+                f"above +margin, not reproduced if the last's lies inside +-margin or below 0, else not significant",
 }
 SIGNAL_NAME = {"metric": "learning task", "target": "held-out target loss", "signal": "forgetting score (tasks above chance)",
                "paper": "paper's 3-task mean", "general": "held-out general loss", "kl_general": "KL drift on general text",
@@ -215,20 +216,48 @@ def _finals(A: Analysis, group: str, label: str, sig: str) -> list[tuple[Series,
     return [(s, A.signal(s.points[-1], sig, s.domain)) for s in ss]
 
 
+RISE_AT = 0.5  # decades of learning rate from a method's own optimum at which (e) reads the loss rise
+
+
+def curvature(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x (L,) ascending log10 learning rates, y (L, B) losses: per column, the quadratic coefficient of the parabola
+    through the lowest point and its two neighbours (the three end ones when the lowest is at an end); NaN where a
+    loss of the three is not finite."""
+    finite = np.isfinite(y)
+    i = np.argmin(np.where(finite, y, np.inf), axis=0)
+    j, cols = np.clip(i, 1, len(x) - 2), np.arange(y.shape[1])
+    x0, x1, x2 = x[j - 1], x[j], x[j + 1]
+    y0, y1, y2 = y[j - 1, cols], y[j, cols], y[j + 1, cols]
+    a = ((y2 - y1) / (x2 - x1) - (y1 - y0) / (x1 - x0)) / (x2 - x0)
+    return np.where(finite[j - 1, cols] & finite[j, cols] & finite[j + 1, cols], a, np.nan)
+
+
 def sensitivity(A: Analysis, group: str, full_label: str, lora_label: str, sig: str) -> Finding:
-    """Claim e: (LoRA's spread of final scores over its learning rates) - (full fine-tuning's)."""
-    comp, what = f"{lora_label} vs {full_label}", f"spread of final {_what(A, sig, group.split('/')[1])} over learning rates"
+    """Claim e: how fast each method's final score worsens away from its own optimum: the rise of the parabola in log10(lr)
+    through its best lr and neighbours at RISE_AT decades, LoRA's minus full fine-tuning's. A property of the methods,
+    not of where the grids were placed (the spread over a grid grows with the grid's width)."""
+    comp = f"{lora_label} vs {full_label}"
+    what = f"rise of final {_what(A, sig, group.split('/')[1])} {RISE_AT:g} decade from each method's optimum"
     fl, ff = _finals(A, group, lora_label, sig), _finals(A, group, full_label, sig)
-    if min(len(fl), len(ff)) < 2 or not all(u for _, u in fl + ff):
-        return Finding("e", group, comp, what, stats.NOT_RUN, numbers="needs >= 2 learning rates per method, all scored")
-    sign = 1.0 if better(sig) else -1.0
-    spread = lambda fs, fn: np.ptp(np.array([sign * fn(u) for _, u in fs]), axis=0)  # noqa: E731
-    d = spread(fl, stats.boot) - spread(ff, stats.boot)
-    el, ef = float(spread(fl, stats.value)), float(spread(ff, stats.value))
-    dec = stats.decide(d, el - ef, A.margin(sig))
-    show = lambda fs: ", ".join(f"lr {s.lr:g}: {stats.value(u):.4f}" for s, u in fs)  # noqa: E731
-    return _decided("e", group, comp, what, dec, f"spread {lora_label} {el:.4f} ({show(fl)}) vs {full_label} {ef:.4f} ({show(ff)})",
-                    RULES["spread"])
+    if min(len(fl), len(ff)) < 3 or not all(u for _, u in fl + ff):
+        return Finding("e", group, comp, what, stats.NOT_RUN, numbers="needs >= 3 learning rates per method, all scored")
+    worse = -1.0 if better(sig) else 1.0  # as a loss: larger is worse
+
+    def rise(fs, fn):
+        fs = sorted(fs, key=lambda t: t[0].lr)
+        x = np.log10([s.lr for s, _ in fs])
+        y = np.array([np.atleast_1d(worse * fn(u)) for _, u in fs], float)
+        return curvature(x, y) * RISE_AT ** 2
+
+    d = rise(fl, stats.boot) - rise(ff, stats.boot)
+    el, ef = float(rise(fl, stats.value)[0]), float(rise(ff, stats.value)[0])
+    show = lambda fs: ", ".join(f"lr {s.lr:g}: {stats.value(u):.4f}" for s, u in sorted(fs, key=lambda t: t[0].lr))  # noqa: E731
+    nums = f"rise {lora_label} {el:+.4f} ({show(fl)}) vs {full_label} {ef:+.4f} ({show(ff)})"
+    ok = np.isfinite(d)
+    if ok.mean() < 0.9 or not np.isfinite(el - ef):
+        return Finding("e", group, comp, what, stats.NOT_RUN, numbers=nums + "; a diverged run among the three around an optimum")
+    dec = stats.decide(d[ok], el - ef, A.margin(sig))
+    return _decided("e", group, comp, what, dec, nums, RULES["spread"])
 
 
 def learned(A: Analysis, s: Series) -> bool:

@@ -284,8 +284,8 @@ def _capacity_row(A: Analysis, lo: Series, f: Series) -> Finding:
         d = stats.boot(A.signal(p, "target", lo.domain)) - stats.boot(A.signal(q, "target", f.domain))
         gaps.append((p.tokens, _loss(A, p, lo) - _loss(A, q, f), *stats.interval(d)))
     parted = next((t for t, _, low, _ in gaps if low > m), None)
-    (_, _, lo0, _), (t1, g1, lo1, hi1) = gaps[0], gaps[-1]
-    if lo0 <= m and lo1 > m:
+    (_, _, lo0, hi0), (t1, g1, lo1, hi1) = gaps[0], gaps[-1]
+    if -m < lo0 and hi0 < m and lo1 > m:  # tracks first (equivalent within the margin), then apart
         verdict = stats.REPRODUCED
     elif (-m < lo1 and hi1 < m) or hi1 < 0:
         verdict = stats.NOT_REPRODUCED
@@ -294,7 +294,8 @@ def _capacity_row(A: Analysis, lo: Series, f: Series) -> Finding:
     nums = ("gap per checkpoint: " + "; ".join(f"{t:,}: {e:+.4f} [{a:+.4f}, {b:+.4f}]" for t, e, a, b in gaps)
             + (f"; parted at {parted:,} tokens" if parted is not None else f"; did not part within {t1:,} tokens")
             + f" (margin {m:g})")
-    note = "apart from the first checkpoint on: no tracking phase to see" if lo0 > m else ""
+    note = ("apart from the first checkpoint on: no tracking phase to see" if lo0 > m else
+            "" if -m < lo0 and hi0 < m else "the first checkpoint's interval is not inside the margin: tracking not shown")
     return Finding("k", g, comp, what, verdict, g1, (lo1, hi1), nums, RULES["capacity"], note)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import stats
 from .context import Analysis
+from .answer import answer
 from .figures import spectrum_series, type_key
 from .findings import CLAIMS, RULES, Finding
 
@@ -51,7 +52,9 @@ def scale(A: Analysis) -> tuple[dict, str]:
 
 def _finding_cells(f: Finding) -> list:
     est = "–" if f.estimate is None else f"{f.estimate:+.4f}" + (f" [{f.ci[0]:+.4f}, {f.ci[1]:+.4f}]" if f.ci else "")
-    return [f"({f.claim})", f.group, f.comparison, f.signal, f.verdict, est, f.numbers + (f" ({f.note})" if f.note else "")]
+    stable = "–" if f.stable is None else "yes" if f.stable else "no"
+    return [f"({f.claim})", f.family, f.group, f.comparison, f.signal, f.verdict, est, f"{f.seeds}", stable,
+            f.numbers + (f" ({f.note})" if f.note else "")]
 
 
 def _drift_table(A: Analysis) -> tuple:
@@ -108,14 +111,26 @@ def blocks(A: Analysis, found: list[Finding]) -> list[tuple]:
     st = A.res["study"]
     _, sentence = scale(A)
     verdicts = lambda c: ", ".join(f"{n} {v}" for v, n in _count(f.verdict for f in found if f.claim == c))  # noqa: E731
-    B = [("h1", f"learnforget study report: {st['name']}"),
+    order = sorted(found, key=lambda f: (f.family != "primary", f.claim))
+    B = [("h1", f"learnforget study report: {st['name']}"), *answer(A, found),
          ("table", ["model", "model note", "created", "hardware"], [[st["model"], st["model_note"], st["created"], st["hardware"]]]),
          ("p", sentence), ("h2", "Findings"), ("ul", [f"({c}) {t}: {verdicts(c)}" for c, t in CLAIMS.items()]),
-         ("table", ["claim", "experiment", "comparison", "signal", "verdict", "estimate [95% CI]", "numbers"],
-          [_finding_cells(f) for f in found]),
+         ("table", ["claim", "family", "experiment", "comparison", "signal", "verdict", "estimate [95% CI]", "seeds",
+                    "stable without any one seed", "numbers"],
+          [_finding_cells(f) for f in order]),
+         ("fig", "differences", "What the verdicts rest on: each method minus full fine-tuning at every checkpoint, on the same "
+                                "seeds and documents. Dot: the mean difference; bar: its 95% interval, the one the verdicts use; "
+                                "faint lines: one seed each; grey band: +-margin. A bar clear of 0 is a decided difference."),
          *_edge_note(A),
-         ("p", "How the verdicts are computed (each method at its best learning rate, as recorded by the study: best learning "
-               "metric at the final checkpoint; ties, and studies without a learning task: lowest held-out target loss):"),
+         ("p", "How the verdicts are computed (each method at its best learning rate, as recorded by the study: with a search, "
+               "chosen on the search seed's runs by the selection documents, and the verdicts read other seeds and other "
+               "documents; without one, the best final learning metric, ties and studies without a learning task: lowest "
+               "held-out target (selection) loss). A difference on shared seeds has a random-effects t interval: the "
+               "seed-to-seed spread of the paired difference (S - 1 degrees of freedom) plus how much the documents differ in "
+               "it; other statistics resample seeds with t-calibrated weights and documents jointly. A row on fewer than 3 "
+               "seeds is 'one run': an interval, not a verdict about the methods. Primary rows, (a) and (b): Holm per "
+               "experiment; the rest: Benjamini-Hochberg; a row whose interval clears 0 but whose p-value misses its "
+               "threshold is not significant:"),
          ("ul", [f"{k}: {v}" for k, v in RULES.items()]),
          ("h2", "Forgetting signals side by side (final checkpoint minus base model, 95% intervals)"), _drift_table(A),
          ("p", "Agreement of the forgetting signals on claim (b): " + _agreement(A, found)), *_ce_fell_note(A),

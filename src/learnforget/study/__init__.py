@@ -50,8 +50,12 @@ def main(args) -> int:
         print("\nLoRA Without Regret checks this grid can make (report claims h-k):")
         for line in regret_plan.checks(runs, {r.id: row["trainable"] for r, row in zip(runs, plan_rows)}):
             print("  " + line)
+        if study.search is not None:
+            print(f"\nThe verdict runs (seeds {study.seeds}) train at the learning rate the search on seed {study.search.seed} "
+                  f"chooses; until then they are planned (and costed) at the middle of each grid.")
         if getattr(args, "power", True):
             power.print_power(study, root, runs)
+        power.print_seeds(study, root)
         return 0
     # Two studies on one folder: the study's own files (study.yaml, evals/, analysis/, results.json, the report)
     # are written under the study folder's lock, each run under its own (train.run): the second process waits,
@@ -67,6 +71,10 @@ def main(args) -> int:
         _train(study, [r for r in runs if r.role == "search"], args)
         chosen = gather.choose_lrs(study, root, runs)
         runs = plan.expand(study, root, chosen)
+        for lab in sorted({(r.experiment.name, plan.label(r.config)) for r in runs if not r.chosen}):
+            print(f"[study] {lab[0]}: no learning rate of {lab[1]}'s grid learned on seed {study.search.seed}: its verdict "
+                  f"runs are not trained (try lower learning rates)", flush=True)
+        runs = [r for r in runs if r.chosen]
         pending += [r for r in runs if r.role == "verdict" and plan.status(r.config.out) != "done" and r not in pending]
         for (exp, lab), lr in sorted(chosen.items()):
             print(f"[study] {exp}: {lab} at lr {lr:g}, chosen on the selection documents; it now trains with seeds {study.seeds}", flush=True)

@@ -94,3 +94,57 @@ def print_power(study: Study, root: Path, runs: list[PlannedRun]) -> None:
               f"{row['claims']:<20} {row['decides']}  ({row['how']})")
     print("KL drift from the base: the base model's own KL is 0, so its spread is known only after training (the report "
           "gives each comparison's interval and detectable difference).")
+
+
+def seed_rows(study: Study, root: Path) -> list[dict]:
+    """From this study's last results.json (if any): per experiment and paired signal, the seed-to-seed SD of the paired
+    difference full - LoRA at the final checkpoint, the difference `seeds` can detect (t with S - 1 degrees of freedom,
+    80% power) and the seeds needed to detect one of the margin's size."""
+    import json
+
+    import numpy as np
+    from scipy import stats as st
+
+    path = root / "results.json"
+    if not path.exists():
+        return []
+    runs = [r for r in json.loads(path.read_text())["runs"] if r.get("best_lr") and not r.get("failed")]
+    rows = []
+    for exp in sorted({r["experiment"] for r in runs}):
+        mine = [r for r in runs if r["experiment"] == exp]
+        by = {fam: {r["seed"]: r["checkpoints"][-1]["heldout"] for r in mine if r["family"] == fam and r["label"] == lab}
+              for fam, lab in {(r["family"], r["label"]) for r in mine} if fam in ("full", "lora")}
+        if set(by) != {"full", "lora"}:
+            continue
+        shared = sorted(set(by["full"]) & set(by["lora"]))
+        if len(shared) < 2:
+            continue
+        for name, key, margin in (("held-out target loss", ("target", "loss"), "loss"), ("held-out general loss", ("general", "loss"), "loss"),
+                                  ("KL drift, general text", ("general", "kl"), "kl")):
+            d = [by["full"][s][key[0]].get(key[1], np.nan) - by["lora"][s][key[0]].get(key[1], np.nan) for s in shared]
+            sd = float(np.nanstd(d, ddof=1))
+            S = len(study.seeds)
+            detect = lambda n: (st.t.ppf(0.975, n - 1) + 0.84) * sd / np.sqrt(n)  # noqa: E731
+            need = next((n for n in range(2, 101) if detect(n) <= study.eval.margins[margin]), None)
+            rows.append({"experiment": exp, "signal": name, "seeds_measured": len(shared), "seed_sd": sd,
+                         "detectable": float(detect(S)) if S > 1 else None, "margin": study.eval.margins[margin], "seeds_needed": need})
+    return rows
+
+
+def print_seeds(study: Study, root: Path) -> None:
+    S = len(study.seeds)
+    print(f"\nSeeds: {S} per method at its chosen learning rate ({', '.join(map(str, study.seeds))})"
+          + (f", learning rates searched on seed {study.search.seed}" if study.search else "")
+          + (f"; a paired difference needs to exceed t({S - 1}) = {__import__('scipy').stats.t.ppf(0.975, S - 1):.2f} seed standard "
+             f"errors to be decided" if S > 1 else "; one seed: every row is 'one run', not a verdict about the methods (3 or more needed)"))
+    rows = seed_rows(study, root)
+    if not rows:
+        print("  the seed-to-seed spread of each signal is known once runs have trained: run the study, then --dry-run again "
+              "to see the seeds it needs")
+        return
+    print(f"  from this study's last results ({rows[0]['seeds_measured']} seeds): {'signal':<24} {'seed SD':>9} {'detectable':>11} "
+          f"{'margin':>8}  seeds to detect the margin")
+    for r in rows:
+        det = "–" if r["detectable"] is None else f"{r['detectable']:.4f}"
+        print(f"  {r['experiment']:<14} {r['signal']:<24} {r['seed_sd']:>9.4f} {det:>11} {r['margin']:>8.4f}  "
+              f"{r['seeds_needed'] if r['seeds_needed'] else 'more than 100'}")

@@ -63,7 +63,10 @@ def score_sets(model, sets: dict, eos_id: int, batch: int, references: dict, kee
 def score(model, run, step: int, tokens: int, label: float) -> None:
     """Score every held-out set as one metrics row (and TensorBoard scalars); step 0 keeps the KL references.
     Under FSDP every process calls this (the forward passes need them all); only the main one writes."""
-    ev = score_sets(model, run.heldout, run.tok.eos_token_id, run.cfg.train.eval_batch, run.references,
+    sets = run.heldout
+    if 0 < step < run.plan["total_steps"]:  # the selection documents are read at the final checkpoint only
+        sets = {k: v for k, v in sets.items() if k != "select"}
+    ev = score_sets(model, sets, run.tok.eos_token_id, run.cfg.train.eval_batch, run.references,
                     reference_dir(run.cfg) if step == 0 and run.main else None)
     if not run.main:
         return

@@ -371,13 +371,6 @@ def _record_pause(r: Run, wall: float) -> dict:
     return summary
 
 
-def _documents(r: Run) -> int | None:
-    """How many distinct training documents the run's tokens came from (None for a streamed corpus: not re-read)."""
-    if getattr(r.corpus, "streaming", False):
-        return None
-    return r.corpus.documents(r.cfg.train.seed, r.step * r.plan["rows_per_step"])
-
-
 def _record(r: Run, wall: float) -> dict:
     """The run record (run.json); the finished run's checkpoints keep their weights, not their resume state."""
     summary = {}
@@ -388,7 +381,9 @@ def _record(r: Run, wall: float) -> dict:
                    "precision": r.precision, "precision_reason": r.precision_reason, "processes": r.acc.num_processes, "wall_seconds": wall,
                    "train_seconds_this_session": r.seconds, "tokens_per_s_this_session": r.tokens_per_s(),
                    "peak_rss_mb": record.peak_rss_mb(), "final_loss": final[-1]["loss"] if final else None,
-                   "checkpoints": [p.name for p in checkpoint.complete(r.out)], "documents": _documents(r)}
+                   "checkpoints": [p.name for p in checkpoint.complete(r.out)],
+                   # distinct training documents the run's tokens came from (a streamed corpus is not read again for it)
+                   "documents": None if r.corpus.streaming else r.corpus.documents(r.cfg.train.seed, r.step * r.plan["rows_per_step"])}
         if torch.cuda.is_available():
             summary["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
         record.write_json_atomic(r.out / "run.json", summary)

@@ -38,7 +38,8 @@ def _in_words(f: Finding, A: Analysis, better: str, worse: str, what: str, unit:
         return f"{what}: {worse} is better by {-f.estimate:.4f} [{-hi:.4f}, {-lo:.4f}] {unit}."
     if f.verdict == stats.EQUIVALENT:
         return f"{what}: no difference that matters (within +-{A.margins['kl' if 'KL' in f.signal else 'loss']:g}; {by})."
-    return f"{what}: undecided ({f.estimate:+.4f} [{lo:+.4f}, {hi:+.4f}] {unit}, {better} minus {worse}; {f.note.split(';')[0]})."
+    return (f"{what}: undecided ({f.estimate:+.4f} [{lo:+.4f}, {hi:+.4f}] {unit}, positive where {better} is better; "
+            f"{f.note.split(';')[0]}).")
 
 
 def answer(A: Analysis, found: list[Finding]) -> list[tuple]:
@@ -58,14 +59,11 @@ def answer(A: Analysis, found: list[Finding]) -> list[tuple]:
                   f"({', '.join(map(str, seeds))})" + (f", learning rates chosen on seed {search}'s runs" if search is not None else "")
                   + f", {docs.get('target', 0)} target and {docs.get('general', 0)} general-text documents")
         lines = []
-        for f in prim:
-            lora, full = (f.comparison.split(" vs ") + [""])[:2]
-            if f.claim == "a":
-                lines.append(_in_words(f, A, full.split(" (")[0], lora.split(" (")[0], "Learning (" + f.signal.split(" (")[0] + ")",
-                                       "nats/token" if "loss" in f.signal else ""))
-            else:
-                lines.append(_in_words(f, A, full.split(" (")[0], lora.split(" (")[0], "Forgetting (" + f.signal.split(" (")[0] + ")",
-                                       "nats/token"))
+        for f in prim:  # a row's comparison is "first vs second", its signal "(first better by)"
+            first, second = ((f.comparison.split(" vs ") + [""])[:2])
+            kind = "Learning" if f.claim == "a" else "Forgetting"
+            lines.append(_in_words(f, A, first.split(" (")[0], second.split(" (")[0], f"{kind} ({f.signal.split(' (')[0]})",
+                                   "nats/token" if f.claim == "b" or "loss" in f.signal else ""))
         out += [("bold", f"{g} ({regime}):"), ("ul", lines)]
     out.append(("p", "How sure: " + stability(found) + " Primary rows are one family per experiment under Holm (family-wise "
                      "error at most 5%); every other row is exploratory, under Benjamini-Hochberg."))

@@ -166,8 +166,10 @@ def fig_differences(A: Analysis):
                    title=f"{g}: {SIGNAL_NAME[sig]}" + (" (higher is better)" if better(sig) else " (lower is better)"))
             ax.set_xlim(left=0)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-            if ax.lines or ax.collections:
+            if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+            else:
+                ax.text(0.5, 0.5, "no method beside full fine-tuning", ha="center", va="center", transform=ax.transAxes, color="0.5")
     fig.tight_layout()
     return fig
 

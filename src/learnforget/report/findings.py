@@ -32,8 +32,8 @@ _BOOT = f"paired bootstrap ({stats.N_BOOT} resamples of seeds, then of the share
 RULES = {
     "paired": f"{_BOOT} of the difference, averaged over the checkpoints both systems have; reproduced if its 95% interval "
               f"is above 0, not reproduced if below 0, equivalent if inside +-margin, else not significant",
-    "matched": f"forgetting at matched learning: the system that learned less is taken at its final checkpoint, the other's "
-               f"forgetting is interpolated along its checkpoint curve (from the base model) at the same held-out target loss; "
+    "matched": f"forgetting at matched learning: at the final held-out target loss of the system that learned less (in every "
+               f"resample), each system's forgetting interpolated along its checkpoint curve from the base model; "
                f"{_BOOT}, both signals resampled jointly; decided as above",
     "growth": f"(learning gap at the last matched checkpoint) - (gap at the first); {_BOOT}; decided as above",
     "spread": "sensitivity = the rise of the final score (as a loss) half a decade of learning rate away from each method's "
@@ -171,20 +171,21 @@ def at_matched_learning(claim: str, A: Analysis, x: Series, y: Series, sig: str)
     ps = lambda c, f: np.array([f(A.signal(p, sig, x.domain)) for p in c])  # noqa: E731
     tx, ty, fx, fy = pt(cx, stats.boot), pt(cy, stats.boot), ps(cx, stats.boot), ps(cy, stats.boot)
     vtx, vty, vfx, vfy = pt(cx, stats.value), pt(cy, stats.value), ps(cx, stats.value), ps(cy, stats.value)
-    if vtx[-1] >= vty[-1]:  # x learned less: y's forgetting interpolated at x's final target loss
-        level, est = vtx[-1], sign * (vfx[-1] - float(np.interp(vtx[-1], *_sorted(vty, vfy))))
-        d = sign * (fx[-1] - stats.interp_at(tx[-1], ty, fy))
-        along = y
-    else:
-        level, est = vty[-1], sign * (float(np.interp(vty[-1], *_sorted(vtx, vfx))) - vfy[-1])
-        d = sign * (stats.interp_at(ty[-1], tx, fx) - fy[-1])
-        along = x
+    # The level is the less-learned system's final target loss, in every replicate (and so always on both curves):
+    # fixing which system learned less from the point estimate left the other's curve short of the level in the
+    # replicates where the two swap, when both learned about as much.
+    level = max(vtx[-1], vty[-1])
+    est = sign * (float(np.interp(level, *_sorted(vtx, vfx))) - float(np.interp(level, *_sorted(vty, vfy))))
+    lb = np.maximum(tx[-1], ty[-1])
+    d = sign * (stats.interp_at(lb, tx, fx) - stats.interp_at(lb, ty, fy))
+    along = y if vtx[-1] >= vty[-1] else x  # the one interpolated at the point estimate
     inside = np.isfinite(d)
     if inside.mean() < 0.9:
         return Finding(claim, g, comp, what, stats.NOT_RUN,
-                       numbers=f"{along.label}'s curve does not reach target loss {level:.4f} in {1 - inside.mean():.0%} of resamples")
+                       numbers=f"a curve does not reach target loss {level:.4f} in {1 - inside.mean():.0%} of resamples")
     dec = stats.decide(d[inside], est, A.margin(sig))
-    nums = f"at target loss {level:.4f} ({along.label} interpolated along {len(cx if along is x else cy)} points from the base)"
+    nums = (f"at target loss {level:.4f}, the less-learned system's final one in every resample ({along.label} interpolated "
+            f"along {len(cx if along is x else cy)} points from the base)")
     if not inside.all():
         nums += f"; {1 - inside.mean():.0%} of resamples outside the curve, left out"
     return _decided(claim, g, comp, f"{what} ({x.label} better by)", dec, nums, RULES["matched"])

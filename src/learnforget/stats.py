@@ -18,7 +18,9 @@ Each replicate draws the two sources of noise a verdict must cover (DESIGN.md §
     *every* system, so differences are paired over the same documents or items.
 So the difference of two systems' replicates is a paired interval of their difference, and any function of
 several systems' values (a spread over learning rates, an interpolation at matched learning) is resampled
-jointly, replicate by replicate.
+jointly, replicate by replicate. A plain difference on shared seeds (compare, compare_many) has a closed form
+instead, the random-effects t interval of seeds_interval, which counts the run-by-document noise once (adding the
+document resampling to the seed weights counts it twice: 98% coverage where 95% is asked, tests/test_calibration.py).
 
 A difference is decided in one of four ways (oriented so that positive supports the claim):
 reproduced (95% interval above 0), not reproduced (below 0), equivalent (inside +-margin: the two

@@ -60,6 +60,11 @@ def _node_lines(node, path: tuple, file: str, out: dict) -> None:
             _node_lines(v, path + (i,), file, out)
 
 
+def yaml_value(text: str):
+    """One value written as YAML (a command line's `--set KEY=VALUE`), numbers in exponent form included."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_yaml(path: str | Path) -> tuple[object, Source]:
     """A YAML file's data and its Source; a syntax error names the file, line and column."""
     path = Path(path)

@@ -15,10 +15,11 @@ import numpy as np
 from .. import advice, checkpoint, stats
 from ..analysis import diversity as div
 from ..config import DOMAINS, Study
+from ..data import sources
 from ..evaluate import tasks as registry
 from . import cache
 from .cost import flops_per_token
-from .plan import PlannedRun, diversity_task, label
+from .plan import PlannedRun, diversity_task, label, status
 
 
 def failure(row: dict, base_heldout: dict) -> str | None:
@@ -49,7 +50,7 @@ def failure(row: dict, base_heldout: dict) -> str | None:
 def choose_lrs(study: Study, root: Path, runs: list[PlannedRun]) -> dict[tuple[str, str], float]:
     """(experiment, label) -> the learning rate its verdict runs train at: best_lr over the search runs, which read the
     selection documents (data.heldout_selection) where the study has them. Labels with one lr are not searched."""
-    search = [r for r in runs if r.role == "search" and plan_status(r) == "done"]
+    search = [r for r in runs if r.role == "search" and status(r.config.out) == "done"]
     if not search:
         return {}
     rows = [run_row(study, root, r) for r in search]
@@ -62,12 +63,6 @@ def choose_lrs(study: Study, root: Path, runs: list[PlannedRun]) -> dict[tuple[s
                 print(f"[study] {row['experiment']}: {row['label']}'s best lr {row['lr']:g} is the {row['best_lr_edge']} edge of its "
                       f"grid: the optimum may lie beyond it", flush=True)
     return out
-
-
-def plan_status(r: PlannedRun) -> str:
-    from .plan import status
-
-    return status(r.config.out)
 
 
 def best_lr(runs: list[dict], base_tasks: dict) -> dict[str, str | None]:
@@ -246,14 +241,15 @@ def design(study: Study, runs: list[PlannedRun], base: dict) -> dict:
     """What the verdicts rest on: seeds, the learning-rate search, and per experiment the corpus's content hash and the
     held-out documents of each set (the selection ones apart)."""
     from ..data.corpora import corpus_hash
+    from ..data.stream import STREAM_ABOVE
 
     exps = {}
     for r in cache.first_per_experiment(runs):
         e, key = r.experiment, f"{r.experiment.regime}-{r.experiment.domain}"
-        try:
-            h = corpus_hash(r.config.data)
-        except Exception:  # noqa: BLE001 - a hub or streamed corpus is not re-read whole for its hash
-            h = None
+        embedded = e.data in sources.EMBEDDED_DOCS | sources.EMBEDDED_RECORDS
+        local = [] if embedded else sources.corpus_paths(e.data)
+        small = embedded or (bool(local) and sum(p.stat().st_size for p in local) <= STREAM_ABOVE)
+        h = corpus_hash(r.config.data) if small and not e.streaming else None  # a hub or streamed corpus is not read again
         exps[e.name] = {"corpus_hash": h, "chunk_chars": e.chunk_chars,
                         "heldout_documents": {k: len(v["units"]["tokens"]) for k, v in base["heldout"].items()
                                               if k in (key, f"{key}:select", "general")}}

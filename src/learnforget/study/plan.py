@@ -6,16 +6,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import yaml
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 from ..analysis import diversity as div
 from ..config import DOMAINS, DataSpec, DiversitySpec, Experiment, MethodConfig, RunConfig, Study, TrainConfig
 from ..errors import UserError
 from ..evaluate import tasks
-from ..validate import Source, _Loader, build, convert, dotted, hints, load_mapping
+from ..validate import Source, build, convert, dotted, hints, load_mapping, yaml_value
 
 NOT_A_GRID = ("checkpoints", "extra_eval", "betas")  # list-valued fields: a list is one value, not a grid
 
@@ -82,7 +82,7 @@ def with_sets(path: Path, sets: list[str] | tuple = ()) -> tuple[dict, Source]:
         if not eq or not key.strip():
             raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set seeds=[5,6,7]")
         try:
-            value = yaml.load(text, Loader=_Loader)
+            value = yaml_value(text)
         except yaml.YAMLError as e:
             raise UserError(f"--set {item}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
         parts = [int(x) if x.isdigit() else x for x in key.strip().split(".")]
@@ -212,21 +212,15 @@ def expand(study: Study, root: Path, chosen: dict[tuple[str, str], float] | None
         for lab, rs in by_label.items():
             lrs = sorted({r.config.train.lr for r in rs})
             if len(lrs) > 1:
-                runs += [_replace(r, role="search") for r in rs]
+                runs += [replace(r, role="search") for r in rs]
             lr = (chosen or {}).get((exp.name, lab))
             stand_in = lrs[len(lrs) // 2] if len(lrs) % 2 else float((lrs[len(lrs) // 2 - 1] * lrs[len(lrs) // 2]) ** 0.5)
             proto = next(r for r in rs if r.config.train.lr == (lr if lr in lrs else lrs[0]))
             m, t = _fields_of(proto.config)
             for seed in study.seeds:
                 v = _planned(study, root, exp, m, {**t, "lr": lr if lr is not None else (stand_in if len(lrs) > 1 else lrs[0])}, seed)
-                runs.append(_replace(v, role="verdict", chosen=lr is not None or len(lrs) == 1))
+                runs.append(replace(v, role="verdict", chosen=lr is not None or len(lrs) == 1))
     return runs
-
-
-def _replace(r: PlannedRun, **kw) -> PlannedRun:
-    from dataclasses import replace
-
-    return replace(r, **kw)
 
 
 def _fields_of(cfg: RunConfig) -> tuple[dict, dict]:

@@ -33,9 +33,9 @@ def offline(monkeypatch):
 
 # Every shipped config, and what its grid must expand to: (runs, method labels, learning rates).
 SHIPPED = {
-    # the demo: 6 search runs (3 lrs each on seed 0), then full, LoRA r16 and full with dropout on seeds 1-5 (stand-in lrs)
-    "demo-cpu.yaml": (21, {"full", "full-adrop0.1", "lora-r16-all"}, {6e-6, 2e-5, 6e-5, 2e-4, 4e-4, 8e-4}),
-    "demo-cpu-diversity.yaml": (21, {"full", "full-adrop0.1", "lora-r16-all"}, {6e-6, 2e-5, 6e-5, 2e-4, 4e-4, 8e-4}),
+    # the demo: 6 search runs (3 lrs each on seed 0), then full, LoRA r16 and full with dropout on seeds 1-6 (stand-in lrs)
+    "demo-cpu.yaml": (24, {"full", "full-adrop0.1", "lora-r16-all"}, {6e-6, 2e-5, 6e-5, 2e-4, 4e-4, 8e-4}),
+    "demo-cpu-diversity.yaml": (24, {"full", "full-adrop0.1", "lora-r16-all"}, {6e-6, 2e-5, 6e-5, 2e-4, 4e-4, 8e-4}),
     "cpu-full.yaml": (44, {"full", "full-wd0.1", "full-wd1", "full-adrop0.05", "full-adrop0.1", "lora-r1-all", "lora-r16-all",
                            "lora-r256-all", "lora-r40-attention", "lora-r24-mlp"}, {1e-5, 3e-5, 1e-4, 3e-4, 1e-3}),
     "paper-code-cpt.yaml": (8, None, None), "paper-math-cpt.yaml": (8, None, None),

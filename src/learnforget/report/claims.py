@@ -1,6 +1,8 @@
-"""All findings (a)-(g) of a study, in order: which systems are compared on which signals."""
+"""All findings (a)-(k) of a study, in order, and their families (Holm for the primary rows, Benjamini-Hochberg for the rest)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -8,7 +10,7 @@ from .. import stats
 from .context import Analysis
 from .findings import FORGETTING, RULES, Finding, at_matched_learning, at_tokens, growth, learned, sensitivity
 from .regret import regret
-from .schema import Series
+from .schema import Point, Series
 from .spectral import spectrum
 
 
@@ -144,7 +146,8 @@ def findings(A: Analysis) -> list[Finding]:
     rows += [Finding(c, "all", "", "", stats.NOT_RUN, numbers="no full and LoRA runs in the same experiment") for c in "abde" if c not in have]
     families(A, [r for r in rows if r.claim not in PRIMARY])
     for seed in sorted({x for s in A.best for x in s.seeds}) if min((len(s.seeds) for s in A.best), default=0) >= MIN_SEEDS else []:
-        again = families(without_seed(A, seed), _a_b(without_seed(A, seed)), few=False)
+        A_ = without_seed(A, seed)
+        again = families(A_, _a_b(A_), few=False)
         for r, o in zip(primary, again):
             if r.verdict != o.verdict:
                 r.stable = False
@@ -184,9 +187,6 @@ def families(A: Analysis, rows: list[Finding], few: bool = True) -> list[Finding
 
 def without_seed(A: Analysis, seed: int) -> Analysis:
     """The analysis with one training seed's runs left out of every series."""
-    from dataclasses import replace
-
-    from .schema import Point
 
     def point(p: Point) -> Point:
         return Point(p.tokens, p.flops, {k: u.without_seed(seed) for k, u in p.tasks.items()},
